@@ -1,0 +1,31 @@
+"""draftwise: a small draft model tells a large target model which prompt tokens and KV pairs matter.
+
+Five lines::
+
+    import draftwise
+    target, draft, tokenizer = draftwise.load_default_pair()
+    out = draftwise.generate(target, draft, tokenizer, [{"role": "user", "content": long_text}],
+                             method=draftwise.SpecKV(budget=256), max_new_tokens=64)
+    print(out.text, out.stats)
+"""
+
+from draftwise.generate import GenerationResult, GenerationStats, generate
+from draftwise.methods import METHODS, Full, Method, SnapKV, SpecKV, SpecKVPC, SpecPC
+from draftwise.models import load_default_pair, load_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "Full",
+    "GenerationResult",
+    "GenerationStats",
+    "Method",
+    "SnapKV",
+    "SpecKV",
+    "SpecKVPC",
+    "SpecPC",
+    "generate",
+    "load_default_pair",
+    "load_model",
+]

@@ -1,0 +1,98 @@
+"""Token-by-token decoding from a (possibly pruned) cache at true positions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
+
+
+@dataclass
+class Sampler:
+    """Greedy when ``temperature`` is 0; otherwise temperature and nucleus (top-p) sampling, seeded."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        self._generator: torch.Generator | None = None
+        self._warpers = LogitsProcessorList()
+        if self.temperature > 0:
+            self._warpers.append(TemperatureLogitsWarper(self.temperature))
+            if self.top_p < 1:
+                self._warpers.append(TopPLogitsWarper(self.top_p))
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """Next token ``[B]`` from logits ``[B, V]``."""
+        if self.temperature == 0:
+            return logits.argmax(dim=-1)
+        if self._generator is None or self._generator.device != logits.device:
+            self._generator = torch.Generator(device=logits.device)
+            if self.seed is not None:
+                self._generator.manual_seed(self.seed)
+            else:
+                self._generator.seed()
+        probs = self._warpers(None, logits.float()).softmax(dim=-1)
+        return torch.multinomial(probs, 1, generator=self._generator).squeeze(1)
+
+
+@torch.no_grad()
+def decode(
+    model: nn.Module,
+    cache: DynamicCache,
+    first_logits: torch.Tensor,
+    start_position: int,
+    max_new_tokens: int,
+    sampler: Sampler | None = None,
+    stop_ids: Iterable[int] = (),
+    feed_last: bool = False,
+) -> torch.Tensor:
+    """Generate up to ``max_new_tokens`` tokens (batch of one) from ``cache``.
+
+    Args:
+        first_logits: ``[1, V]`` logits of the last prompt position.
+        start_position: the true position of the first new token (the uncompressed prompt length),
+            whatever the cache's length: RoPE sees ``start_position, start_position + 1, ...``.
+        stop_ids: tokens that end generation (kept in the output).
+        feed_last: also run the model on the last token, so the cache (and any query recorder) sees
+            every generated token.
+    Returns:
+        ``[1, T]`` generated token ids, ``T <= max_new_tokens``.
+    """
+    sampler = sampler or Sampler()
+    stop = set(stop_ids)
+    device = first_logits.device
+    token = sampler(first_logits)
+    tokens = [token]
+    position = start_position
+    while True:
+        done = len(tokens) >= max_new_tokens or int(token[0]) in stop
+        if done and not feed_last:
+            break
+        position_ids = torch.tensor([[position]], device=device)
+        out = model(
+            input_ids=token[:, None].to(model.device),
+            past_key_values=cache,
+            position_ids=position_ids.to(model.device),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        position += 1
+        if done:
+            break
+        token = sampler(out.logits[:, -1].to(device))
+        tokens.append(token)
+    return torch.stack(tokens, dim=1)

@@ -1,0 +1,192 @@
+"""One call to generate with a draft's help: ``draftwise.generate(target, draft, tokenizer, prompt, method)``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from draftwise.cache import cache_bytes, full_cache_bytes, kept_per_head
+from draftwise.checks import check_architecture, check_context, check_same_vocabulary
+from draftwise.decoding import Sampler, decode
+from draftwise.draft import lookahead as draft_lookahead
+from draftwise.methods import Full, Method, SnapKV, SpecKVPC, SpecPC
+from draftwise.prefill import prefill
+from draftwise.prompt import compress_prompt
+
+Prompt = str | Sequence[dict] | Sequence[int] | torch.Tensor
+
+
+@dataclass
+class GenerationStats:
+    """What a generation kept and what each stage cost. Seconds are wall-clock."""
+
+    method: str
+    prompt_tokens: int  # tokens of the prompt as given
+    prompt_tokens_kept: int  # tokens the target read (fewer with SpecPC)
+    kv_pairs_kept: int  # per KV head in each full-attention layer, after pre-fill
+    kv_bytes: int  # K and V bytes held after pre-fill (and pruning)
+    kv_bytes_full: int  # K and V bytes a full cache of the whole prompt holds
+    lookahead_tokens: int
+    new_tokens: int
+    draft_seconds: float
+    prefill_seconds: float
+    decode_seconds: float
+    time_to_first_token: float
+    total_seconds: float
+
+    @property
+    def kv_fraction(self) -> float:
+        return self.kv_bytes / self.kv_bytes_full if self.kv_bytes_full else 1.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "kv_fraction": self.kv_fraction}
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    stats: GenerationStats
+
+
+def encode(tokenizer, prompt: Prompt) -> torch.Tensor:
+    """Token ids ``[1, n]`` of a prompt: text as is, chat messages through the chat template."""
+    if isinstance(prompt, torch.Tensor):
+        ids = prompt.reshape(1, -1) if prompt.dim() == 1 else prompt
+        if ids.dim() != 2 or ids.shape[0] != 1:
+            raise ValueError(f"token ids must be [n] or [1, n], got shape {tuple(prompt.shape)}")
+        return ids.long().cpu()
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError("the prompt is empty")
+        return tokenizer(prompt, return_tensors="pt").input_ids
+    if isinstance(prompt, Sequence) and prompt and all(isinstance(m, dict) for m in prompt):
+        if not any(str(m.get("content", "")).strip() for m in prompt):
+            raise ValueError("the chat messages are empty")
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError("the tokenizer has no chat template: pass the prompt as plain text")
+        encoded = tokenizer.apply_chat_template(
+            list(prompt), add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
+        return encoded["input_ids"]
+    if isinstance(prompt, Sequence) and all(isinstance(t, int) for t in prompt):
+        return torch.tensor([list(prompt)], dtype=torch.long)
+    raise TypeError(
+        "prompt must be a string, a list of chat messages ({'role': ..., 'content': ...}) or token ids; "
+        f"got {type(prompt).__name__}"
+    )
+
+
+def stop_token_ids(tokenizer, model: nn.Module) -> set[int]:
+    """End-of-sequence ids from the tokenizer and the model's generation config."""
+    ids: set[int] = set()
+    for source in (
+        getattr(tokenizer, "eos_token_id", None),
+        getattr(model.generation_config, "eos_token_id", None),
+    ):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source is not None:
+            ids.update(int(i) for i in source)
+    return ids
+
+
+def _timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+@torch.no_grad()
+def generate(
+    target: nn.Module,
+    draft: nn.Module | None,
+    tokenizer,
+    prompt: Prompt,
+    method: Method | None = None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> GenerationResult:
+    """Generate an answer to ``prompt`` with ``target``, compressed by ``method`` with ``draft``'s help.
+
+    Args:
+        target: the model whose answer is wanted (a transformers causal LM).
+        draft: a smaller model sharing the target's tokenizer; needed by SpecKV, SpecPC, SpecKV-PC.
+        tokenizer: the target's tokenizer.
+        prompt: text (tokenized as is), chat messages (through the chat template) or token ids.
+        method: :class:`~draftwise.Full` (default), :class:`~draftwise.SnapKV`,
+            :class:`~draftwise.SpecKV`, :class:`~draftwise.SpecPC` or :class:`~draftwise.SpecKVPC`.
+        max_new_tokens: most tokens to generate; generation stops early at an end-of-sequence token.
+        temperature, top_p, seed: sampling; ``temperature=0`` (default) is greedy.
+    """
+    method = method if method is not None else Full()
+    if not isinstance(method, Method):
+        raise TypeError(f"method must be a draftwise method such as SpecKV(budget=256), got {method!r}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    sampler = Sampler(temperature, top_p, seed)
+    check_architecture(target, "target")
+    input_ids = encode(tokenizer, prompt)
+    n = input_ids.shape[1]
+    if n == 0:
+        raise ValueError("the prompt is empty")
+    check_context(target, n, max_new_tokens, "target")
+    compresses = method.compresses(n)
+    if method.needs_draft and compresses:
+        if draft is None:
+            raise ValueError(f"{method.name} needs a draft model; pass draft=...")
+        check_architecture(draft, "draft")
+        check_same_vocabulary(target, draft)
+    stops = stop_token_ids(tokenizer, target)
+    start = time.perf_counter()
+
+    kept_ids, lookahead_ids, draft_seconds = input_ids, None, 0.0
+    prompt_stage = method.prompt_stage() if isinstance(method, SpecKVPC) else method
+    kv_stage = method.kv_stage() if isinstance(method, SpecKVPC) else method
+    if isinstance(prompt_stage, SpecPC) and prompt_stage.compresses(n):
+        check_context(draft, n, prompt_stage.lookahead + 1, "draft")
+        compressed, seconds = _timed(compress_prompt, draft, input_ids, prompt_stage, stops)
+        kept_ids = input_ids[:, compressed.positions]
+        lookahead_ids, draft_seconds = compressed.lookahead_ids, draft_seconds + seconds
+    if isinstance(kv_stage, SnapKV) and kv_stage.compresses(kept_ids.shape[1]):
+        steps = kv_stage.lookahead_length(max_new_tokens)
+        if steps and lookahead_ids is None:
+            check_context(draft, n, steps, "draft")
+            lookahead_ids, seconds = _timed(draft_lookahead, draft, kept_ids, steps, stops)
+            draft_seconds += seconds
+        filled, prefill_seconds = _timed(
+            prefill, target, kept_ids, kv_stage, lookahead_ids if steps else None
+        )
+    else:
+        filled, prefill_seconds = _timed(prefill, target, kept_ids)
+    kv_bytes = cache_bytes(filled.cache)
+    kv_pairs = kept_per_head(filled.cache)
+    time_to_first_token = time.perf_counter() - start
+
+    tokens, decode_seconds = _timed(
+        decode, target, filled.cache, filled.logits, kept_ids.shape[1], max_new_tokens, sampler, stops
+    )
+    token_ids = tokens[0].tolist()
+    stats = GenerationStats(
+        method=method.name,
+        prompt_tokens=n,
+        prompt_tokens_kept=kept_ids.shape[1],
+        kv_pairs_kept=kv_pairs,
+        kv_bytes=kv_bytes,
+        kv_bytes_full=full_cache_bytes(filled.cache, n),
+        lookahead_tokens=0 if lookahead_ids is None else lookahead_ids.shape[1],
+        new_tokens=len(token_ids),
+        draft_seconds=draft_seconds,
+        prefill_seconds=prefill_seconds,
+        decode_seconds=decode_seconds,
+        time_to_first_token=time_to_first_token,
+        total_seconds=time.perf_counter() - start,
+    )
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    return GenerationResult(text=text, token_ids=token_ids, stats=stats)

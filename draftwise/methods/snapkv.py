@@ -1,0 +1,55 @@
+"""SnapKV: score each prefix key by the attention it gets from an observation window of queries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from draftwise.methods.base import Budgeted, Pool, Reduce, check_choice, check_positive
+from draftwise.scoring import reduce_rows, smooth
+
+
+@dataclass(frozen=True)
+class SnapKV(Budgeted):
+    """Keep, per layer and KV head, the ``budget - window`` prefix keys that the observation queries
+    attend to most, plus the ``window`` most recent keys.
+
+    The observation queries are the prompt's last ``window`` positions. Attention is reduced over the
+    queries and over the query heads sharing a KV head with ``reduce``, then smoothed along the sequence
+    with a centred 1-D ``pool`` of odd width ``kernel``.
+
+    Subclasses (SpecKV) add lookahead queries; the scoring stays this one.
+    """
+
+    name: ClassVar[str] = "snapkv"
+
+    budget: int = 256
+    window: int = 32
+    kernel: int = 7
+    pool: Pool = "max"
+    reduce: Reduce = "max"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("kernel", self.kernel)
+        if self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd so the pool is centred, got {self.kernel}")
+        check_choice("pool", self.pool, ("max", "avg"))
+        check_choice("reduce", self.reduce, ("max", "mean"))
+
+    def lookahead_length(self, max_new_tokens: int) -> int:
+        """How many draft tokens feed the scorer as extra queries (none for SnapKV)."""
+        return 0
+
+    def score(self, rows: torch.Tensor) -> torch.Tensor:
+        """Scores of prefix keys.
+
+        Args:
+            rows: attention probabilities ``[B, G, H/G, q, k]`` of the observation queries over the
+                prefix keys (the keys before the window).
+        Returns:
+            ``[B, G, k]`` float32 scores, one per KV head and key.
+        """
+        return smooth(reduce_rows(rows, self.reduce), self.kernel, self.pool)

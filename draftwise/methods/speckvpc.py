@@ -1,0 +1,42 @@
+"""SpecKV-PC: SpecPC first, then SpecKV on the compressed prompt, sharing one lookahead."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from draftwise.methods.base import Method, check_positive
+from draftwise.methods.speckv import SpecKV
+from draftwise.methods.specpc import SpecPC
+
+
+@dataclass(frozen=True)
+class SpecKVPC(Method):
+    """The cascade: SpecPC to ``prompt_budget`` tokens with a ``lookahead``-token draft answer, then
+    SpecKV to ``kv_budget`` KV pairs on the compressed prompt, reusing that same lookahead as SpecKV's
+    lookahead queries (the draft runs once). Paper defaults: prompt budget 2048, lookahead 8.
+    """
+
+    name: ClassVar[str] = "speckvpc"
+    needs_draft: ClassVar[bool] = True
+
+    kv_budget: int = 256
+    prompt_budget: int = 2048
+    lookahead: int = 8
+    kv_window: int = 32
+    prompt_window: int = 64
+
+    def __post_init__(self) -> None:
+        check_positive("lookahead", self.lookahead)
+        # Building the stages validates budgets and windows with the stages' own messages.
+        self.prompt_stage()
+        self.kv_stage()
+
+    def prompt_stage(self) -> SpecPC:
+        return SpecPC(budget=self.prompt_budget, window=self.prompt_window, lookahead=self.lookahead)
+
+    def kv_stage(self) -> SpecKV:
+        return SpecKV(budget=self.kv_budget, window=self.kv_window, lookahead=self.lookahead)
+
+    def compresses(self, prompt_length: int) -> bool:
+        return self.prompt_stage().compresses(prompt_length) or self.kv_stage().compresses(prompt_length)

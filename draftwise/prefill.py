@@ -1,0 +1,92 @@
+"""Pre-filling the target, and pruning its cache by attention scores (SnapKV, SpecKV)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from draftwise.attention import QueryRecorder, attention_modules, attention_rows
+from draftwise.cache import SlidingSnapshot, cache_bytes, keep_positions, prunable_layers, truncate
+from draftwise.methods.snapkv import SnapKV
+from draftwise.scoring import top_indices
+
+
+@dataclass
+class Prefill:
+    """A pre-filled cache, ready to decode from at position ``prompt_length``."""
+
+    cache: DynamicCache
+    logits: torch.Tensor  # [1, V] at the last prompt position
+    prompt_length: int
+    full_bytes: int  # K and V bytes before any pruning
+
+
+@torch.no_grad()
+def prefill(
+    target: nn.Module,
+    input_ids: torch.Tensor,
+    method: SnapKV | None = None,
+    lookahead_ids: torch.Tensor | None = None,
+) -> Prefill:
+    """Pre-fill ``input_ids`` ``[1, n]``; with ``method``, prune the cache to its budget.
+
+    With a method, the window's queries are recorded during the pre-fill, ``lookahead_ids`` ``[1, m]``
+    (if any) are pre-filled as a second chunk to record their queries, then every full-attention layer
+    keeps its ``budget`` best positions and the lookahead's KV pairs are dropped.
+    """
+    input_ids = input_ids.to(target.device)
+    n = input_ids.shape[1]
+    if method is not None and method.window > n:
+        raise ValueError(f"window ({method.window}) is larger than the prompt ({n} tokens)")
+    cache = DynamicCache(config=target.config)
+    last = method.window if method is not None else 0
+    with QueryRecorder(target, last=last) as recorder:
+        out = target(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1]
+        full_bytes = cache_bytes(cache)
+        if method is not None:
+            if lookahead_ids is not None and lookahead_ids.numel():
+                recorder.last = lookahead_ids.shape[1]
+                _prefill_lookahead(target, cache, lookahead_ids.to(target.device), n)
+            prune(target, cache, recorder, n, method)
+    return Prefill(cache=cache, logits=logits, prompt_length=n, full_bytes=full_bytes)
+
+
+def _prefill_lookahead(target: nn.Module, cache: DynamicCache, lookahead_ids: torch.Tensor, n: int) -> None:
+    """Run the lookahead through the target for its queries, leaving sliding layers as they were."""
+    snapshot = SlidingSnapshot.take(cache)
+    positions = torch.arange(n, n + lookahead_ids.shape[1], device=target.device)[None]
+    target(
+        input_ids=lookahead_ids,
+        past_key_values=cache,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    snapshot.restore(cache)
+
+
+def prune(target: nn.Module, cache: DynamicCache, recorder: QueryRecorder, n: int, method: SnapKV) -> None:
+    """Keep, per full-attention layer and KV head, the top ``budget - window`` prefix positions by
+    ``method.score`` plus the window; drop everything past the prompt (the lookahead)."""
+    modules = attention_modules(target)
+    prefix = n - method.window
+    for layer in prunable_layers(cache):
+        module = modules[layer]
+        queries = recorder.queries(layer)
+        query_positions = torch.arange(n - method.window, n - method.window + queries.shape[2])
+        rows = attention_rows(
+            queries,
+            cache.layers[layer].keys,
+            query_positions,
+            module.scaling,
+            getattr(module, "attn_logit_softcapping", None),
+        )
+        scores = method.score(rows[..., :prefix])
+        chosen = top_indices(scores, method.budget - method.window)
+        window = torch.arange(prefix, n, device=chosen.device).expand(*chosen.shape[:2], -1)
+        truncate(cache, layer, n)
+        keep_positions(cache, layer, torch.cat([chosen, window], dim=-1))

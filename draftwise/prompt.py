@@ -1,0 +1,135 @@
+"""How a prompt is compressed: choosing which prompt tokens to keep from per-token scores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from draftwise.attention import QueryRecorder, attention_modules, attention_rows
+from draftwise.cache import prunable_layers
+from draftwise.decoding import decode
+from draftwise.methods.specpc import SpecPC
+from draftwise.scoring import smooth
+
+
+def neighbourhood_offsets(size: int) -> list[int]:
+    """Offsets of a centred neighbourhood of ``size`` tokens, nearest first: 0, -1, +1, -2, +2, ..."""
+    offsets = [0]
+    step = 1
+    while len(offsets) < size:
+        offsets.append(-step)
+        if len(offsets) < size:
+            offsets.append(step)
+        step += 1
+    return offsets[:size]
+
+
+def select_tokens(scores: torch.Tensor, budget: int, window: int, neighbourhood: int = 1) -> torch.Tensor:
+    """Choose ``min(budget, n)`` token positions from scores ``[n]``, in ascending order.
+
+    The last ``window`` tokens are always kept. The other places go, in descending score order, to
+    each scored token and its neighbourhood of ``neighbourhood`` tokens (nearest first), skipping
+    tokens already kept, until ``budget`` tokens are kept. Ties go to the earlier position.
+    """
+    n = scores.shape[-1]
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be 1-D [n], got shape {tuple(scores.shape)}")
+    if budget <= 0 or window <= 0 or neighbourhood <= 0:
+        raise ValueError("budget, window and neighbourhood must be positive")
+    if window > n:
+        raise ValueError(f"window ({window}) is larger than the prompt ({n} tokens)")
+    if budget < window:
+        raise ValueError(f"budget ({budget}) must be at least the window ({window})")
+    if budget >= n:
+        return torch.arange(n)
+    prefix = n - window
+    kept = bytearray(prefix)
+    count = window
+    offsets = neighbourhood_offsets(neighbourhood)
+    # Stable descending sort: equal scores keep position order.
+    order = torch.sort(scores[:prefix].float().cpu(), descending=True, stable=True).indices.tolist()
+    for centre in order:
+        if count == budget:
+            break
+        for offset in offsets:
+            j = centre + offset
+            if 0 <= j < prefix and not kept[j]:
+                kept[j] = 1
+                count += 1
+                if count == budget:
+                    break
+    return _positions(kept, n)
+
+
+def _positions(kept_prefix: bytearray, n: int) -> torch.Tensor:
+    chosen = [i for i, flag in enumerate(kept_prefix) if flag]
+    return torch.tensor(chosen + list(range(len(kept_prefix), n)), dtype=torch.long)
+
+
+@dataclass
+class CompressedPrompt:
+    """The positions SpecPC kept, and the draft's lookahead (reusable as SpecKV's lookahead)."""
+
+    positions: torch.Tensor  # [C] ascending positions into the original prompt
+    lookahead_ids: torch.Tensor  # [1, m]
+    scores: torch.Tensor  # [n] smoothed importance of each prompt token
+
+
+@torch.no_grad()
+def specpc_scores(
+    draft: nn.Module, input_ids: torch.Tensor, method: SpecPC, stop_ids: Iterable[int] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SpecPC's importance of each prompt token, from the draft's attention.
+
+    Returns ``(scores [n], lookahead_ids [1, m])``. Only full-attention layers from
+    ``method.first_layer`` on are read (a sliding-window layer no longer holds the whole prompt).
+    """
+    input_ids = input_ids.to(draft.device)
+    n = input_ids.shape[1]
+    if method.window > n:
+        raise ValueError(f"window ({method.window}) is larger than the prompt ({n} tokens)")
+    modules = attention_modules(draft)
+    first = min(method.first_layer, len(modules) - 1)
+    cache = DynamicCache(config=draft.config)
+    layers = {m.layer_idx for m in modules[first:]}
+    with QueryRecorder(draft, last=method.window, layers=layers) as recorder:
+        out = draft(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        recorder.last = 1
+        lookahead_ids = decode(
+            draft, cache, out.logits[:, -1], n, method.lookahead, stop_ids=stop_ids, feed_last=True
+        )
+    steps = lookahead_ids.shape[1]
+    query_positions = torch.arange(n - method.window, n + steps)
+    window_weight = (
+        torch.linspace(0, 1, method.window) if method.weighted_query else torch.ones(method.window)
+    )
+    weights = torch.cat([window_weight, torch.ones(steps)]).to(draft.device)
+    scores = torch.zeros(n, device=draft.device)
+    scored = [layer for layer in prunable_layers(cache) if layer in layers]
+    if not scored:  # a draft whose late layers are all sliding-window: read its last layer anyway
+        scored = [modules[-1].layer_idx]
+    for layer in scored:
+        module = modules[layer]
+        rows = attention_rows(
+            recorder.queries(layer),
+            cache.layers[layer].keys,
+            query_positions,
+            module.scaling,
+            getattr(module, "attn_logit_softcapping", None),
+        )[..., :n]
+        weighted = rows * weights[:, None]  # [B, G, H/G, q, n]
+        scores = torch.maximum(scores, weighted.amax(dim=(0, 1, 2, 3)))
+    return smooth(scores, method.kernel, method.pool), lookahead_ids
+
+
+def compress_prompt(
+    draft: nn.Module, input_ids: torch.Tensor, method: SpecPC, stop_ids: Iterable[int] = ()
+) -> CompressedPrompt:
+    """Choose the prompt tokens SpecPC keeps for ``input_ids`` ``[1, n]``."""
+    scores, lookahead_ids = specpc_scores(draft, input_ids, method, stop_ids)
+    positions = select_tokens(scores.cpu(), method.budget, method.window, method.neighbourhood)
+    return CompressedPrompt(positions=positions, lookahead_ids=lookahead_ids, scores=scores)

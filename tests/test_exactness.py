@@ -1,0 +1,56 @@
+"""With a budget at least the prompt length, every method gives exactly Full's answer (greedy)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ARCHITECTURES, random_ids, tiny_model
+
+from draftwise import Full, SnapKV, SpecKV, SpecKVPC, SpecPC, generate
+from draftwise.decoding import decode
+from draftwise.draft import lookahead
+from draftwise.prefill import prefill
+
+N = 80
+NEW = 12
+
+
+def methods_with_budget(budget: int):
+    return [
+        SnapKV(budget=budget, window=8),
+        SpecKV(budget=budget, window=8, lookahead=6),
+        SpecPC(budget=budget, window=8, neighbourhood=4, kernel=4, first_layer=1),
+        SpecKVPC(kv_budget=budget, prompt_budget=budget, kv_window=8, prompt_window=8, lookahead=4),
+    ]
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_budget_at_least_prompt_gives_full_answer(arch, attn, tokenizer):
+    target = tiny_model(arch, seed=0, attn=attn)
+    draft = tiny_model(arch, seed=1, attn=attn, layers=2)
+    ids = random_ids(N)
+    full = generate(target, draft, tokenizer, ids, method=Full(), max_new_tokens=NEW)
+    assert len(full.token_ids) > 1
+    for budget in (N, N + 50):
+        for method in methods_with_budget(budget):
+            out = generate(target, draft, tokenizer, ids, method=method, max_new_tokens=NEW)
+            assert out.token_ids == full.token_ids, (arch, attn, method)
+            assert out.stats.kv_bytes == full.stats.kv_bytes
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_pruning_machinery_keeping_everything_is_exact(arch):
+    """Run the real scoring and pruning path (lookahead chunk, gather, sliding-layer restore) with a
+    budget equal to the prompt length: the cache must decode exactly as Full's."""
+    target = tiny_model(arch, seed=0)
+    draft = tiny_model(arch, seed=1, layers=2)
+    ids = torch.tensor([random_ids(N, seed=3)])
+    full = prefill(target, ids)
+    expected = decode(target, full.cache, full.logits, N, NEW)
+    guess = lookahead(draft, ids, 7)
+    assert guess.shape[1] >= 1
+    pruned = prefill(target, ids, SpecKV(budget=N, window=8), lookahead_ids=guess)
+    assert torch.equal(pruned.logits, full.logits)
+    got = decode(target, pruned.cache, pruned.logits, N, NEW)
+    assert torch.equal(got, expected)

@@ -1,0 +1,135 @@
+"""Selection rules: SpecPC's token choice, SpecKV's per-head budgets, pooling and top-k."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ARCHITECTURES, random_ids, tiny_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from draftwise import SpecKV, SpecPC, generate
+from draftwise.cache import prunable_layers
+from draftwise.prefill import prefill
+from draftwise.prompt import neighbourhood_offsets, select_tokens
+from draftwise.scoring import smooth, top_indices
+
+
+@st.composite
+def selection_case(draw):
+    n = draw(st.integers(1, 300))
+    window = draw(st.integers(1, n))
+    budget = draw(st.integers(window, n + 20))
+    neighbourhood = draw(st.integers(1, 70))
+    scores = draw(st.lists(st.floats(0, 1, allow_nan=False), min_size=n, max_size=n))
+    return torch.tensor(scores), budget, window, neighbourhood
+
+
+@settings(max_examples=300, deadline=None)
+@given(selection_case())
+def test_select_tokens_keeps_window_order_and_budget(case):
+    scores, budget, window, neighbourhood = case
+    n = scores.shape[0]
+    kept = select_tokens(scores, budget, window, neighbourhood)
+    assert kept.shape[0] == min(budget, n)
+    assert torch.all(kept[1:] > kept[:-1]), "original order, no duplicates"
+    assert kept.min() >= 0 and kept.max() < n
+    assert set(range(n - window, n)) <= set(kept.tolist()), "the window is always kept"
+    if budget > window and n > window:
+        best = int(torch.argmax(scores[: n - window]))
+        assert best in kept.tolist(), "the top-scored token is kept"
+
+
+def test_select_tokens_grows_neighbourhoods_nearest_first():
+    scores = torch.zeros(40)
+    scores[10] = 1.0
+    kept = select_tokens(scores, budget=4 + 5, window=4, neighbourhood=5)
+    assert kept.tolist() == [8, 9, 10, 11, 12, 36, 37, 38, 39]
+    assert neighbourhood_offsets(5) == [0, -1, 1, -2, 2]
+    # A budget that cuts a neighbourhood keeps its nearest tokens.
+    kept = select_tokens(scores, budget=4 + 3, window=4, neighbourhood=5)
+    assert kept.tolist() == [9, 10, 11, 36, 37, 38, 39]
+
+
+def test_select_tokens_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="window"):
+        select_tokens(torch.zeros(5), budget=10, window=8)
+    with pytest.raises(ValueError, match="at least the window"):
+        select_tokens(torch.zeros(50), budget=4, window=8)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.floats(-5, 5, allow_nan=False), min_size=1, max_size=60),
+    st.integers(1, 9),
+    st.sampled_from(["max", "avg"]),
+)
+def test_smooth_is_a_centred_pool(values, kernel, pool):
+    x = torch.tensor(values)
+    out = smooth(x, kernel, pool)
+    assert out.shape == x.shape
+    left, right = kernel // 2, (kernel - 1) // 2
+    for i in range(len(values)):
+        span = x[max(0, i - left) : i + right + 1]
+        expected = span.max() if pool == "max" else span.mean()
+        assert torch.isclose(out[i], expected, atol=1e-5)
+
+
+def test_top_indices_are_the_largest_in_order():
+    scores = torch.tensor([[0.1, 0.9, 0.3, 0.8, 0.2]])
+    assert top_indices(scores, 2).tolist() == [[1, 3]]
+    assert top_indices(scores, 10).tolist() == [[0, 1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_speckv_keeps_exactly_budget_pairs_per_head_per_layer(arch):
+    target = tiny_model(arch)
+    n, budget, window = 70, 24, 8
+    ids = torch.tensor([random_ids(n)])
+    guess = torch.tensor([random_ids(5, seed=9)])
+    filled = prefill(target, ids, SpecKV(budget=budget, window=window), lookahead_ids=guess)
+    full_layers = prunable_layers(filled.cache)
+    assert full_layers
+    for i, layer in enumerate(filled.cache.layers):
+        if i in full_layers:
+            assert layer.keys.shape[2] == budget and layer.values.shape[2] == budget
+        else:  # Gemma 3's sliding layers hold their window, untouched by the lookahead
+            assert layer.keys.shape[2] == target.config.sliding_window - 1
+            assert layer.cumulative_length == n
+
+
+def test_speckv_keeps_the_keys_the_lookahead_attends_to():
+    """Per head, the kept prefix keys are exactly the top-scored ones, recomputed independently."""
+    target = tiny_model("llama")
+    n, budget, window = 50, 20, 4
+    ids = torch.tensor([random_ids(n, seed=4)])
+    full = prefill(target, ids)
+    pruned = prefill(target, ids, SpecKV(budget=budget, window=window, kernel=1), lookahead_ids=None)
+    for layer in range(target.config.num_hidden_layers):
+        kept = pruned.cache.layers[layer].keys[0]  # [G, budget, d]
+        original = full.cache.layers[layer].keys[0]  # [G, n, d]
+        for head in range(kept.shape[0]):
+            window_keys = original[head, n - window :]
+            torch.testing.assert_close(kept[head, -window:], window_keys)
+            # every kept prefix key is one of the original prefix keys, in order
+            matches = [
+                int(torch.nonzero((original[head, : n - window] == k).all(-1))[0]) for k in kept[head, :-window]
+            ]
+            assert matches == sorted(matches) and len(set(matches)) == budget - window
+
+
+def test_specpc_keeps_the_budget_in_generate(tokenizer):
+    target = tiny_model("qwen2")
+    draft = tiny_model("qwen2", seed=1, layers=2)
+    out = generate(
+        target,
+        draft,
+        tokenizer,
+        random_ids(120),
+        method=SpecPC(budget=40, window=8, kernel=4, neighbourhood=4, first_layer=1, lookahead=3),
+        max_new_tokens=4,
+    )
+    assert out.stats.prompt_tokens == 120
+    assert out.stats.prompt_tokens_kept == 40
+    assert out.stats.lookahead_tokens == 3
+    assert out.stats.kv_bytes * 3 == out.stats.kv_bytes_full
