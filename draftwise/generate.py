@@ -1,4 +1,4 @@
-"""One call to generate with a draft's help: ``draftwise.generate(target, draft, tokenizer, prompt, method)``."""
+"""One call to generate with a draft's help: ``generate(target, draft, tokenizer, prompt, method)``."""
 
 from __future__ import annotations
 

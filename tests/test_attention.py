@@ -27,7 +27,10 @@ def test_attention_rows_match_eager_attention(arch, attn):
     checked = 0
     for layer in prunable_layers(cache):
         rows = attention_rows(
-            recorder.queries(layer), cache.layers[layer].keys, torch.arange(n - last, n), modules[layer].scaling
+            recorder.queries(layer),
+            cache.layers[layer].keys,
+            torch.arange(n - last, n),
+            modules[layer].scaling,
         )
         batch, groups, per_group, queries, keys = rows.shape
         got = rows.reshape(batch, groups * per_group, queries, keys)

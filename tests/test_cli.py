@@ -1,0 +1,61 @@
+"""The command line, on tiny models saved to disk."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import tiny_model
+
+from draftwise.cli import build_method, main
+from draftwise.methods import SpecKV, SpecKVPC
+
+
+@pytest.fixture
+def model_dirs(tmp_path, tokenizer, monkeypatch):
+    dirs = {}
+    for name, seed, layers in (("target", 0, 3), ("draft", 1, 2)):
+        tiny_model("qwen2", seed=seed, layers=layers).save_pretrained(tmp_path / name)
+        dirs[name] = str(tmp_path / name)
+    # AutoTokenizer would pick Qwen2's BPE class from the config; the tiny models use a word-level one.
+    monkeypatch.setattr("draftwise.models.AutoTokenizer.from_pretrained", lambda *a, **k: tokenizer)
+    return dirs
+
+
+def test_generate_prints_answer_and_stats_as_json(model_dirs, tmp_path, capsys):
+    context = tmp_path / "context.txt"
+    context.write_text(" ".join(f"w{6 + i % 80}" for i in range(200)))
+    code = main(
+        [
+            "generate",
+            "--target", model_dirs["target"],
+            "--draft", model_dirs["draft"],
+            "--method", "speckv",
+            "--budget", "48",
+            "--window", "8",
+            "--context-file", str(context),
+            "--question", "w9 w10",
+            "--max-new-tokens", "5",
+            "--json",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["stats"]["kv_pairs_kept"] == 48
+    assert result["stats"]["prompt_tokens"] > 200
+    assert result["stats"]["new_tokens"] <= 5
+
+
+def test_bad_budget_is_a_clear_error(model_dirs, capsys):
+    code = main(["generate", "--target", model_dirs["target"], "--budget", "-3", "--question", "w7"])
+    assert code == 2
+    assert "budget must be a positive integer" in capsys.readouterr().err
+
+
+def test_build_method_defaults_and_overrides():
+    assert build_method("speckv", budget=128) == SpecKV(budget=128)
+    assert build_method("speckvpc", budget=128, prompt_budget=512) == SpecKVPC(
+        kv_budget=128, prompt_budget=512
+    )
+    with pytest.raises(ValueError, match="unknown method"):
+        build_method("magic")

@@ -1,0 +1,58 @@
+"""The embedded Qwen2.5-Coder pair (draft 0.5B, target 1.5B), installed by scripts/setup.sh."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import real_models_enabled
+
+from draftwise import Full, SpecKV, SpecKVPC, SpecPC, generate, load_default_pair
+from draftwise.bench.needle import needle_case
+from draftwise.decoding import decode
+from draftwise.draft import lookahead
+from draftwise.generate import encode
+from draftwise.prefill import prefill
+
+pytestmark = [
+    pytest.mark.real_model,
+    pytest.mark.skipif(not real_models_enabled(), reason="DRAFTWISE_SKIP_REAL_MODELS=1"),
+]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return load_default_pair()
+
+
+def test_budget_covering_the_prompt_gives_full_answer(pair):
+    target, draft, tokenizer = pair
+    case = needle_case(tokenizer, context_tokens=300, seed=3)
+    full = generate(target, draft, tokenizer, case.messages, method=Full(), max_new_tokens=12)
+    assert 300 < full.stats.prompt_tokens < 1024
+    for method in (
+        SpecKV(budget=1024),
+        SpecPC(budget=1024),
+        SpecKVPC(kv_budget=1024, prompt_budget=1024),
+    ):
+        out = generate(target, draft, tokenizer, case.messages, method=method, max_new_tokens=12)
+        assert out.token_ids == full.token_ids, method
+
+
+def test_pruning_machinery_keeping_everything_is_exact(pair):
+    target, draft, tokenizer = pair
+    ids = encode(tokenizer, needle_case(tokenizer, context_tokens=200, seed=4).messages)
+    n = ids.shape[1]
+    full = prefill(target, ids)
+    expected = decode(target, full.cache, full.logits, n, 8)
+    pruned = prefill(target, ids, SpecKV(budget=n), lookahead_ids=lookahead(draft, ids, 8))
+    assert torch.equal(decode(target, pruned.cache, pruned.logits, n, 8), expected)
+
+
+def test_speckv_budget_256_retrieves_the_needle_at_4k(pair):
+    target, draft, tokenizer = pair
+    case = needle_case(tokenizer, context_tokens=4000, depth=0.5, seed=0)
+    out = generate(target, draft, tokenizer, case.messages, method=SpecKV(budget=256), max_new_tokens=32)
+    assert out.stats.prompt_tokens >= 4000
+    assert out.stats.kv_pairs_kept == 256
+    assert out.stats.kv_fraction < 0.07
+    assert case.answer in out.text, out.text
