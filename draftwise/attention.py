@@ -126,3 +126,11 @@ def attention_rows(
     future = key_positions[None, :] > query_positions.to(keys.device)[:, None]
     logits = logits.masked_fill(future, float("-inf"))
     return logits.softmax(dim=-1)
+
+
+def module_attention_rows(
+    module: nn.Module, queries: torch.Tensor, keys: torch.Tensor, query_positions: torch.Tensor
+) -> torch.Tensor:
+    """:func:`attention_rows` with ``module``'s own scaling and soft-capping."""
+    softcap = getattr(module, "attn_logit_softcapping", None)
+    return attention_rows(queries, keys, query_positions, module.scaling, softcap)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from draftwise.attention import QueryRecorder, attention_modules, attention_rows
+from draftwise.attention import QueryRecorder, attention_modules, module_attention_rows
 from draftwise.cache import SlidingSnapshot, cache_bytes, keep_positions, prunable_layers, truncate
 from draftwise.methods.snapkv import SnapKV
 from draftwise.scoring import top_indices
@@ -78,13 +78,7 @@ def prune(target: nn.Module, cache: DynamicCache, recorder: QueryRecorder, n: in
         module = modules[layer]
         queries = recorder.queries(layer)
         query_positions = torch.arange(n - method.window, n - method.window + queries.shape[2])
-        rows = attention_rows(
-            queries,
-            cache.layers[layer].keys,
-            query_positions,
-            module.scaling,
-            getattr(module, "attn_logit_softcapping", None),
-        )
+        rows = module_attention_rows(module, queries, cache.layers[layer].keys, query_positions)
         scores = method.score(rows[..., :prefix])
         chosen = top_indices(scores, method.budget - method.window)
         window = torch.arange(prefix, n, device=chosen.device).expand(*chosen.shape[:2], -1)

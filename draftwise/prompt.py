@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from draftwise.attention import QueryRecorder, attention_modules, attention_rows
+from draftwise.attention import QueryRecorder, attention_modules, module_attention_rows
 from draftwise.cache import prunable_layers
 from draftwise.decoding import decode
 from draftwise.methods.specpc import SpecPC
@@ -85,8 +85,9 @@ def specpc_scores(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SpecPC's importance of each prompt token, from the draft's attention.
 
-    Returns ``(scores [n], lookahead_ids [1, m])``. Only full-attention layers from
-    ``method.first_layer`` on are read (a sliding-window layer no longer holds the whole prompt).
+    Returns ``(scores [n], lookahead_ids [1, m])``. The full-attention layers from
+    ``method.first_layer`` on are read (all of them if there are none that deep); sliding-window
+    layers are not, as they no longer hold the whole prompt.
     """
     input_ids = input_ids.to(draft.device)
     n = input_ids.shape[1]
@@ -95,8 +96,7 @@ def specpc_scores(
     modules = attention_modules(draft)
     first = min(method.first_layer, len(modules) - 1)
     cache = DynamicCache(config=draft.config)
-    layers = {m.layer_idx for m in modules[first:]}
-    with QueryRecorder(draft, last=method.window, layers=layers) as recorder:
+    with QueryRecorder(draft, last=method.window) as recorder:
         out = draft(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         recorder.last = 1
         lookahead_ids = decode(
@@ -109,18 +109,14 @@ def specpc_scores(
     )
     weights = torch.cat([window_weight, torch.ones(steps)]).to(draft.device)
     scores = torch.zeros(n, device=draft.device)
-    scored = [layer for layer in prunable_layers(cache) if layer in layers]
-    if not scored:  # a draft whose late layers are all sliding-window: read its last layer anyway
-        scored = [modules[-1].layer_idx]
+    full_layers = prunable_layers(cache)  # a sliding-window layer no longer holds the whole prompt
+    if not full_layers:
+        raise ValueError("the draft has no full-attention layer to read the prompt's importance from")
+    scored = [layer for layer in full_layers if layer >= first] or full_layers
     for layer in scored:
         module = modules[layer]
-        rows = attention_rows(
-            recorder.queries(layer),
-            cache.layers[layer].keys,
-            query_positions,
-            module.scaling,
-            getattr(module, "attn_logit_softcapping", None),
-        )[..., :n]
+        queries, keys = recorder.queries(layer), cache.layers[layer].keys
+        rows = module_attention_rows(module, queries, keys, query_positions)[..., :n]
         weighted = rows * weights[:, None]  # [B, G, H/G, q, n]
         scores = torch.maximum(scores, weighted.amax(dim=(0, 1, 2, 3)))
     return smooth(scores, method.kernel, method.pool), lookahead_ids

@@ -25,7 +25,8 @@ class SpecPC(Budgeted):
        included, are chosen; they keep their original order.
 
     Defaults are the paper's: budget 1024, window 64, kernel 64, neighbourhood 64, first layer 8,
-    lookahead 1. Layers are counted in the draft; a draft with fewer layers uses its last layer.
+    lookahead 1. Layers are counted in the draft; a draft with fewer layers uses its last layer, and
+    sliding-window layers are skipped (with none full from `first_layer` on, all full layers are read).
     """
 
     name: ClassVar[str] = "specpc"
