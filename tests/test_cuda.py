@@ -1,0 +1,47 @@
+"""The same invariants on a GPU, under every attention implementation installed there.
+
+Skipped on machines without CUDA (CI here has none); run on a GPU machine with ``pytest tests/test_cuda.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from conftest import ARCHITECTURES, random_ids, tiny_config
+
+from draftwise import Full, SpecKV, SpecPC, generate
+from draftwise.cache import prunable_layers
+from draftwise.prefill import prefill
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+IMPLEMENTATIONS = ["eager", "sdpa"] + (
+    ["flash_attention_2"] if importlib.util.find_spec("flash_attn") else []
+)
+
+
+def cuda_model(arch: str, attn: str, seed: int = 0, layers: int = 3):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, layers), attn_implementation=attn)
+    return model.to("cuda", torch.bfloat16).eval()
+
+
+@pytest.mark.parametrize("attn", IMPLEMENTATIONS)
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_exact_and_budgeted_on_cuda(arch, attn, tokenizer):
+    target, draft = cuda_model(arch, attn), cuda_model(arch, attn, seed=1, layers=2)
+    ids = random_ids(90)
+    full = generate(target, draft, tokenizer, ids, method=Full(), max_new_tokens=8)
+    for method in (SpecKV(budget=90, window=8, lookahead=4), SpecPC(budget=90, window=8, first_layer=1)):
+        assert (
+            generate(target, draft, tokenizer, ids, method=method, max_new_tokens=8).token_ids
+            == full.token_ids
+        )
+    filled = prefill(target, torch.tensor([ids]), SpecKV(budget=40, window=8), torch.tensor([ids[:4]]))
+    for layer in prunable_layers(filled.cache):
+        assert filled.cache.layers[layer].keys.shape[2] == 40
+        assert filled.cache.layers[layer].keys.device.type == "cuda"
