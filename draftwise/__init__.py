@@ -10,7 +10,19 @@ Five lines::
 """
 
 from draftwise.generate import GenerationResult, GenerationStats, generate
-from draftwise.methods import METHODS, Full, Method, SnapKV, SpecKV, SpecKVPC, SpecPC
+from draftwise.methods import (
+    METHODS,
+    Full,
+    KeyDiff,
+    KNorm,
+    KVMethod,
+    Method,
+    SnapKV,
+    SpecKV,
+    SpecKVPC,
+    SpecPC,
+    StreamingLLM,
+)
 from draftwise.models import load_default_pair, load_model
 
 __version__ = "0.1.0"
@@ -18,6 +30,9 @@ __version__ = "0.1.0"
 __all__ = [
     "METHODS",
     "Full",
+    "KNorm",
+    "KVMethod",
+    "KeyDiff",
     "GenerationResult",
     "GenerationStats",
     "Method",
@@ -25,6 +40,7 @@ __all__ = [
     "SpecKV",
     "SpecKVPC",
     "SpecPC",
+    "StreamingLLM",
     "generate",
     "load_default_pair",
     "load_model",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
-from draftwise.methods import METHODS, Full, Method, SnapKV, SpecKV, SpecKVPC, SpecPC
+from draftwise.methods import METHODS, Budgeted, Full, Method, SpecKV, SpecKVPC
 from draftwise.models import DEFAULT_DRAFT, DEFAULT_TARGET, EMBEDDED
 
 
@@ -18,28 +19,21 @@ def build_method(
     lookahead: int | None = None,
     prompt_budget: int | None = None,
 ) -> Method:
-    """A method from command-line style arguments; ``None`` keeps the method's default."""
-    given = {
-        k: v for k, v in {"budget": budget, "window": window, "lookahead": lookahead}.items() if v is not None
-    }
-    if name == "full":
-        return Full()
-    if name == "snapkv":
-        given.pop("lookahead", None)
-        return SnapKV(**given)
-    if name == "speckv":
-        return SpecKV(**given)
-    if name == "specpc":
-        return SpecPC(**given)
-    if name == "speckvpc":
-        renamed = {
-            "kv_budget": budget,
-            "kv_window": window,
-            "lookahead": lookahead,
-            "prompt_budget": prompt_budget,
-        }
-        return SpecKVPC(**{k: v for k, v in renamed.items() if v is not None})
-    raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    """A method from command-line style arguments; ``None`` keeps the method's default.
+
+    For ``speckvpc``, ``budget`` and ``window`` are its KV stage's, ``prompt_budget`` its SpecPC stage's.
+    """
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    cls = METHODS[name]
+    given = {"budget": budget, "window": window, "lookahead": lookahead, "prompt_budget": prompt_budget}
+    if cls is SpecKVPC:
+        given["kv_budget"], given["kv_window"] = given.pop("budget"), given.pop("window")
+    accepted = {f.name for f in fields(cls)}
+    unused = [k for k, v in given.items() if v is not None and k not in accepted]
+    if unused:
+        raise ValueError(f"{name} takes no {', '.join(k.replace('_', '-') for k in unused)}")
+    return cls(**{k: v for k, v in given.items() if v is not None})
 
 
 def _stats_rows(stats) -> list[tuple[str, str]]:
@@ -133,7 +127,7 @@ def cmd_demo(args) -> int:
     methods = [Full(), SpecKV(budget=args.budget)]
     columns = {}
     for i, method in enumerate(methods, 1):
-        label = f"{method.name}" + (f" (budget {method.budget})" if isinstance(method, SnapKV) else "")
+        label = f"{method.name}" + (f" (budget {method.budget})" if isinstance(method, Budgeted) else "")
         print(f"[{i}/{len(methods)}] {label} ...", file=sys.stderr, flush=True)
         out = generate(
             target, draft, tokenizer, case.messages, method=method, max_new_tokens=args.max_new_tokens

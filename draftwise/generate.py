@@ -13,7 +13,7 @@ from draftwise.cache import cache_bytes, full_cache_bytes, kept_per_head
 from draftwise.checks import check_architecture, check_context, check_same_vocabulary
 from draftwise.decoding import Sampler, decode
 from draftwise.draft import lookahead as draft_lookahead
-from draftwise.methods import Full, Method, SnapKV, SpecKVPC, SpecPC
+from draftwise.methods import Full, KVMethod, Method, SpecKVPC, SpecPC
 from draftwise.prefill import prefill
 from draftwise.prompt import compress_prompt
 
@@ -120,8 +120,9 @@ def generate(
         draft: a smaller model sharing the target's tokenizer; needed by SpecKV, SpecPC, SpecKV-PC.
         tokenizer: the target's tokenizer.
         prompt: text (tokenized as is), chat messages (through the chat template) or token ids.
-        method: :class:`~draftwise.Full` (default), :class:`~draftwise.SnapKV`,
-            :class:`~draftwise.SpecKV`, :class:`~draftwise.SpecPC` or :class:`~draftwise.SpecKVPC`.
+        method: :class:`~draftwise.Full` (default), :class:`~draftwise.SpecKV`,
+            :class:`~draftwise.SpecPC`, :class:`~draftwise.SpecKVPC`, or a baseline
+            (:class:`~draftwise.SnapKV`, :class:`~draftwise.StreamingLLM`, ...).
         max_new_tokens: most tokens to generate; generation stops early at an end-of-sequence token.
         temperature, top_p, seed: sampling; ``temperature=0`` (default) is greedy.
     """
@@ -154,7 +155,7 @@ def generate(
         compressed, seconds = _timed(compress_prompt, draft, input_ids, prompt_stage, stops)
         kept_ids = input_ids[:, compressed.positions]
         lookahead_ids, draft_seconds = compressed.lookahead_ids, draft_seconds + seconds
-    if isinstance(kv_stage, SnapKV) and kv_stage.compresses(kept_ids.shape[1]):
+    if isinstance(kv_stage, KVMethod) and kv_stage.compresses(kept_ids.shape[1]):
         steps = kv_stage.lookahead_length(max_new_tokens)
         if steps and lookahead_ids is None:
             check_context(draft, n, steps, "draft")

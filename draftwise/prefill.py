@@ -1,4 +1,4 @@
-"""Pre-filling the target, and pruning its cache by attention scores (SnapKV, SpecKV)."""
+"""Pre-filling the target, and pruning its cache by a KV method's scores (SpecKV, SnapKV, KNorm, ...)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from transformers import DynamicCache
 
 from draftwise.attention import QueryRecorder, attention_modules, module_attention_rows
 from draftwise.cache import SlidingSnapshot, cache_bytes, keep_positions, prunable_layers, truncate
-from draftwise.methods.snapkv import SnapKV
+from draftwise.methods.base import KVMethod
 from draftwise.scoring import top_indices
 
 
@@ -28,7 +28,7 @@ class Prefill:
 def prefill(
     target: nn.Module,
     input_ids: torch.Tensor,
-    method: SnapKV | None = None,
+    method: KVMethod | None = None,
     lookahead_ids: torch.Tensor | None = None,
 ) -> Prefill:
     """Pre-fill ``input_ids`` ``[1, n]``; with ``method``, prune the cache to its budget.
@@ -42,7 +42,7 @@ def prefill(
     if method is not None and method.window > n:
         raise ValueError(f"window ({method.window}) is larger than the prompt ({n} tokens)")
     cache = DynamicCache(config=target.config)
-    last = method.window if method is not None else 0
+    last = method.window if method is not None and method.uses_attention else 0
     with QueryRecorder(target, last=last) as recorder:
         out = target(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1]
@@ -69,17 +69,19 @@ def _prefill_lookahead(target: nn.Module, cache: DynamicCache, lookahead_ids: to
     snapshot.restore(cache)
 
 
-def prune(target: nn.Module, cache: DynamicCache, recorder: QueryRecorder, n: int, method: SnapKV) -> None:
+def prune(target: nn.Module, cache: DynamicCache, recorder: QueryRecorder, n: int, method: KVMethod) -> None:
     """Keep, per full-attention layer and KV head, the top ``budget - window`` prefix positions by
     ``method.score`` plus the window; drop everything past the prompt (the lookahead)."""
     modules = attention_modules(target)
     prefix = n - method.window
     for layer in prunable_layers(cache):
-        module = modules[layer]
-        queries = recorder.queries(layer)
-        query_positions = torch.arange(n - method.window, n - method.window + queries.shape[2])
-        rows = module_attention_rows(module, queries, cache.layers[layer].keys, query_positions)
-        scores = method.score(rows[..., :prefix])
+        keys = cache.layers[layer].keys
+        rows = None
+        if method.uses_attention:
+            queries = recorder.queries(layer)
+            query_positions = torch.arange(prefix, prefix + queries.shape[2])
+            rows = module_attention_rows(modules[layer], queries, keys, query_positions)[..., :prefix]
+        scores = method.score(rows, keys[:, :, :prefix])
         chosen = top_indices(scores, method.budget - method.window)
         window = torch.arange(prefix, n, device=chosen.device).expand(*chosen.shape[:2], -1)
         truncate(cache, layer, n)

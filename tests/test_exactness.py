@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import ARCHITECTURES, random_ids, tiny_model
 
-from draftwise import Full, SnapKV, SpecKV, SpecKVPC, SpecPC, generate
+from draftwise import Full, KeyDiff, KNorm, SnapKV, SpecKV, SpecKVPC, SpecPC, StreamingLLM, generate
 from draftwise.decoding import decode
 from draftwise.draft import lookahead
 from draftwise.prefill import prefill
@@ -18,6 +18,9 @@ NEW = 12
 def methods_with_budget(budget: int):
     return [
         SnapKV(budget=budget, window=8),
+        StreamingLLM(budget=budget, window=8),
+        KNorm(budget=budget, window=8),
+        KeyDiff(budget=budget, window=8),
         SpecKV(budget=budget, window=8, lookahead=6),
         SpecPC(budget=budget, window=8, neighbourhood=4, kernel=4, first_layer=1),
         SpecKVPC(kv_budget=budget, prompt_budget=budget, kv_window=8, prompt_window=8, lookahead=4),

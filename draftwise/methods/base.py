@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+import torch
+
 Pool = Literal["max", "avg"]
 Reduce = Literal["max", "mean"]
 
@@ -52,3 +54,24 @@ class Budgeted(Method):
 
     def compresses(self, prompt_length: int) -> bool:
         return self.budget < prompt_length
+
+
+@dataclass(frozen=True)
+class KVMethod(Budgeted):
+    """A method that drops KV pairs: per layer and KV head it keeps the ``budget - window`` best-scored
+    prefix keys (the keys before the window) and the ``window`` most recent ones.
+
+    Subclasses implement :meth:`score`. If ``uses_attention``, it receives the attention rows of the
+    observation queries (the window's, plus a draft lookahead's for SpecKV); otherwise only the keys.
+    """
+
+    uses_attention: ClassVar[bool] = False
+
+    def lookahead_length(self, max_new_tokens: int) -> int:
+        """How many draft tokens feed the scorer as extra queries (none unless overridden)."""
+        return 0
+
+    def score(self, rows: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, G, k]`` of the prefix keys ``[B, G, k, d]`` (higher is kept); ``rows`` are
+        attention probabilities ``[B, G, H/G, q, k]`` of the observation queries over those keys."""
+        raise NotImplementedError

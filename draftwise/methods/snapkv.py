@@ -7,12 +7,12 @@ from typing import ClassVar
 
 import torch
 
-from draftwise.methods.base import Budgeted, Pool, Reduce, check_choice, check_positive
+from draftwise.methods.base import KVMethod, Pool, Reduce, check_choice, check_positive
 from draftwise.scoring import reduce_rows, smooth
 
 
 @dataclass(frozen=True)
-class SnapKV(Budgeted):
+class SnapKV(KVMethod):
     """Keep, per layer and KV head, the ``budget - window`` prefix keys that the observation queries
     attend to most, plus the ``window`` most recent keys.
 
@@ -24,6 +24,7 @@ class SnapKV(Budgeted):
     """
 
     name: ClassVar[str] = "snapkv"
+    uses_attention: ClassVar[bool] = True
 
     budget: int = 256
     window: int = 32
@@ -39,11 +40,7 @@ class SnapKV(Budgeted):
         check_choice("pool", self.pool, ("max", "avg"))
         check_choice("reduce", self.reduce, ("max", "mean"))
 
-    def lookahead_length(self, max_new_tokens: int) -> int:
-        """How many draft tokens feed the scorer as extra queries (none for SnapKV)."""
-        return 0
-
-    def score(self, rows: torch.Tensor) -> torch.Tensor:
+    def score(self, rows: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
         """Scores of prefix keys.
 
         Args:
