@@ -12,28 +12,23 @@ from draftwise.methods import METHODS, Budgeted, Full, Method, SpecKV, SpecKVPC
 from draftwise.models import DEFAULT_DRAFT, DEFAULT_TARGET, EMBEDDED
 
 
-def build_method(
-    name: str,
-    budget: int | None = None,
-    window: int | None = None,
-    lookahead: int | None = None,
-    prompt_budget: int | None = None,
-) -> Method:
-    """A method from command-line style arguments; ``None`` keeps the method's default.
+def build_method(name: str, **options: object) -> Method:
+    """A method from command-line style options; ``None`` keeps the method's default.
 
     For ``speckvpc``, ``budget`` and ``window`` are its KV stage's, ``prompt_budget`` its SpecPC stage's.
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     cls = METHODS[name]
-    given = {"budget": budget, "window": window, "lookahead": lookahead, "prompt_budget": prompt_budget}
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
     if cls is SpecKVPC:
-        given["kv_budget"], given["kv_window"] = given.pop("budget"), given.pop("window")
+        renames = {"budget": "kv_budget", "window": "kv_window"}
+        given = {renames.get(k, k): v for k, v in given.items()}
     accepted = {f.name for f in fields(cls)}
-    unused = [k for k, v in given.items() if v is not None and k not in accepted]
+    unused = [k for k in given if k not in accepted]
     if unused:
-        raise ValueError(f"{name} takes no {', '.join(k.replace('_', '-') for k in unused)}")
-    return cls(**{k: v for k, v in given.items() if v is not None})
+        raise ValueError(f"{name} takes no {', '.join('--' + k.replace('_', '-') for k in unused)}")
+    return cls(**given)
 
 
 def _stats_rows(stats) -> list[tuple[str, str]]:
@@ -90,7 +85,16 @@ def cmd_setup(args) -> int:
 def cmd_generate(args) -> int:
     from draftwise.generate import generate
 
-    method = build_method(args.method, args.budget, args.window, args.lookahead, args.prompt_budget)
+    method = build_method(
+        args.method,
+        budget=args.budget,
+        window=args.window,
+        lookahead=args.lookahead,
+        prompt_budget=args.prompt_budget,
+        sparse_prefill=args.sparse_prefill,
+        vertical=args.vertical,
+        slash=args.slash,
+    )
     if args.context_file == "-":
         context = sys.stdin.read()
     else:
@@ -165,6 +169,9 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt-budget", type=int, help="speckvpc: prompt tokens kept by its SpecPC stage")
     gen.add_argument("--window", type=int, help="last tokens always kept (method default if unset)")
     gen.add_argument("--lookahead", type=int, help="draft tokens (default: method's own)")
+    gen.add_argument("--sparse-prefill", action="store_true", help="speckv: sparse (vertical-slash) pre-fill")
+    gen.add_argument("--vertical", type=int, help="speckv sparse pre-fill: keys every query sees (2048)")
+    gen.add_argument("--slash", type=int, help="speckv sparse pre-fill: local band of recent keys (2048)")
     gen.add_argument("--context-file", help="text file with the long context ('-' for stdin)")
     gen.add_argument("--question", help="the question, appended after the context")
     gen.add_argument("--temperature", type=float, default=0.0)

@@ -9,9 +9,19 @@ from torch import nn
 from transformers import DynamicCache
 
 from draftwise.attention import QueryRecorder, attention_modules, module_attention_rows
-from draftwise.cache import SlidingSnapshot, cache_bytes, keep_positions, prunable_layers, truncate
+from draftwise.cache import (
+    SlidingSnapshot,
+    cache_bytes,
+    full_cache_bytes,
+    is_sliding,
+    keep_positions,
+    prunable_layers,
+    truncate,
+)
 from draftwise.methods.base import KVMethod
+from draftwise.methods.speckv import SpecKV
 from draftwise.scoring import top_indices
+from draftwise.sparse import SparsePrefill
 
 
 @dataclass
@@ -41,6 +51,9 @@ def prefill(
     n = input_ids.shape[1]
     if method is not None and method.window > n:
         raise ValueError(f"window ({method.window}) is larger than the prompt ({n} tokens)")
+    steps = lookahead_ids.shape[1] if lookahead_ids is not None else 0
+    if isinstance(method, SpecKV) and method.sparse_for(n + steps):
+        return prefill_sparse(target, input_ids, method, lookahead_ids)
     cache = DynamicCache(config=target.config)
     last = method.window if method is not None and method.uses_attention else 0
     with QueryRecorder(target, last=last) as recorder:
@@ -53,6 +66,36 @@ def prefill(
                 _prefill_lookahead(target, cache, lookahead_ids.to(target.device), n)
             prune(target, cache, recorder, n, method)
     return Prefill(cache=cache, logits=logits, prompt_length=n, full_bytes=full_bytes)
+
+
+def prefill_sparse(
+    target: nn.Module, input_ids: torch.Tensor, method: SpecKV, lookahead_ids: torch.Tensor | None
+) -> Prefill:
+    """One sparse pass over prompt and lookahead (SpecKV step 5), then the usual pruning."""
+    n = input_ids.shape[1]
+    steps = lookahead_ids.shape[1] if lookahead_ids is not None else 0
+    sequence = torch.cat([input_ids, lookahead_ids.to(input_ids.device)], dim=1) if steps else input_ids
+    cache = DynamicCache(config=target.config)
+    sliding = [cache.layers[i] for i in range(len(cache.layers)) if is_sliding(cache, i)]
+    for layer in sliding:  # keep their past so the lookahead can be taken back out
+        layer.activate_past_recording()
+    observed = method.window + steps
+    with (
+        QueryRecorder(target, last=observed) as recorder,
+        SparsePrefill(target, method, observed, method.vertical, method.slash),
+    ):
+        out = target(
+            input_ids=sequence,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=torch.tensor([n - 1], device=target.device),
+        )
+    for layer in sliding:
+        layer.crop(-steps)
+        layer.record_past = False
+    full_bytes = full_cache_bytes(cache, n)
+    prune(target, cache, recorder, n, method)
+    return Prefill(cache=cache, logits=out.logits[:, -1], prompt_length=n, full_bytes=full_bytes)
 
 
 def _prefill_lookahead(target: nn.Module, cache: DynamicCache, lookahead_ids: torch.Tensor, n: int) -> None:

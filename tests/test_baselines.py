@@ -57,5 +57,5 @@ def test_baselines_prune_a_real_cache_to_the_budget():
 
 def test_cli_builds_baselines():
     assert build_method("streamingllm", budget=64, window=8) == StreamingLLM(budget=64, window=8)
-    with pytest.raises(ValueError, match="knorm takes no lookahead"):
+    with pytest.raises(ValueError, match="knorm takes no --lookahead"):
         build_method("knorm", budget=64, lookahead=3)

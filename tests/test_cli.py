@@ -57,5 +57,10 @@ def test_build_method_defaults_and_overrides():
     assert build_method("speckvpc", budget=128, prompt_budget=512) == SpecKVPC(
         kv_budget=128, prompt_budget=512
     )
+    assert build_method("speckv", budget=128, sparse_prefill=True, vertical=512) == SpecKV(
+        budget=128, sparse_prefill=True, vertical=512
+    )
     with pytest.raises(ValueError, match="unknown method"):
         build_method("magic")
+    with pytest.raises(ValueError, match="snapkv takes no --sparse-prefill"):
+        build_method("snapkv", sparse_prefill=True)

@@ -25,18 +25,33 @@ class SpecKV(SnapKV):
     pre-fill; with a budget at least the prompt length nothing is dropped and the answer is Full's.
     Sliding-window layers (Gemma 3's local layers) are left as the model keeps them: they already hold
     at most ``sliding_window`` entries, and the budget applies to the global layers.
-    Defaults are the paper's: window 32, kernel 7, max pool, max reduction.
+    5. Optional sparse pre-fill (``sparse_prefill=True``): the target pre-fills ``x`` and ``y`` in one
+       pass in which every query sees only ``vertical`` keys (per layer and KV head, the ones this
+       scorer ranks highest from the window and lookahead queries of that pass) and a band of the last
+       ``slash`` keys. It applies when ``vertical + slash`` is less than ``n + m``; the answer is then
+       approximate even with a budget covering the prompt.
+
+    Defaults are the paper's: window 32, kernel 7, max pool, max reduction, vertical = slash = 2048.
     """
 
     name: ClassVar[str] = "speckv"
     needs_draft: ClassVar[bool] = True
 
     lookahead: int | None = None
+    sparse_prefill: bool = False
+    vertical: int = 2048
+    slash: int = 2048
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.lookahead is not None:
             check_positive("lookahead", self.lookahead)
+        check_positive("vertical", self.vertical)
+        check_positive("slash", self.slash)
+
+    def sparse_for(self, length: int) -> bool:
+        """Whether a pre-fill of ``length`` tokens (prompt and lookahead) runs sparse."""
+        return self.sparse_prefill and self.vertical + self.slash < length
 
     def lookahead_length(self, max_new_tokens: int) -> int:
         return self.lookahead if self.lookahead is not None else max_new_tokens

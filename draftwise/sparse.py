@@ -1,0 +1,132 @@
+"""Sparse pre-fill (SpecKV step 5): each query attends only to ``V`` "vertical" keys, chosen per layer
+and KV head by the method's scorer, and to a "slash" band of the last ``S`` keys, cutting pre-fill
+attention from O(n²) to O(n·(V+S)).
+
+It runs through transformers' attention interface: :class:`SparsePrefill` registers
+:data:`SPARSE_ATTENTION` and switches the model to it for one forward pass, then switches back. Each
+layer scores its keys with the observation queries (the window and the lookahead, the last
+``observed`` positions of the pass), so the verticals are the keys SpecKV itself would rank highest.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+
+from draftwise.attention import attention_rows
+from draftwise.methods.base import KVMethod
+from draftwise.scoring import top_indices
+
+SPARSE_ATTENTION = "draftwise_vertical_slash"
+
+
+def vertical_slash_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    verticals: torch.Tensor | None,
+    band: int,
+    scaling: float,
+    softcap: float | None = None,
+    block: int = 256,
+) -> torch.Tensor:
+    """Causal attention where a query at position ``p`` sees the keys at ``verticals`` (if ``<= p``)
+    and the keys at ``p - band + 1 .. p``.
+
+    Args:
+        query: ``[B, H, T, d]``, the last ``T`` positions of the ``K`` keys.
+        key, value: ``[B, G, K, d]``.
+        verticals: ``[B, G, V]`` key positions every later query sees, or ``None``.
+    Returns:
+        ``[B, T, H, d]`` attention output (the layout transformers' attention functions return).
+    """
+    batch, heads, length, dim = query.shape
+    kv_heads, n_keys = key.shape[1], key.shape[2]
+    group = heads // kv_heads
+    start = n_keys - length
+    q = query.reshape(batch, kv_heads, group, length, dim)
+    if verticals is not None:
+        index = verticals[..., None].expand(-1, -1, -1, dim)
+        vertical_keys = key.gather(2, index)
+        vertical_values = value.gather(2, verticals[..., None].expand(-1, -1, -1, value.shape[-1]))
+    outputs = []
+    for first in range(0, length, block):
+        last = min(first + block, length)
+        positions = torch.arange(start + first, start + last, device=query.device)  # [t]
+        lo = max(0, start + first - band + 1)
+        hi = start + last
+        band_positions = torch.arange(lo, hi, device=query.device)
+        logits = torch.matmul(q[:, :, :, first:last], key[:, :, None, lo:hi].transpose(-1, -2)) * scaling
+        distance = positions[:, None] - band_positions[None, :]
+        hidden = ((distance < 0) | (distance >= band)).expand(batch, kv_heads, group, -1, -1)
+        values = value[:, :, lo:hi]
+        if verticals is not None:
+            vertical_logits = torch.matmul(
+                q[:, :, :, first:last], vertical_keys[:, :, None].transpose(-1, -2)
+            )
+            # A vertical in the future is hidden; one inside the band is already counted there.
+            gap = positions[None, None, :, None] - verticals[:, :, None, :]  # [B, G, t, V]
+            vertical_hidden = (gap < band)[:, :, None].expand(-1, -1, group, -1, -1)
+            logits = torch.cat([vertical_logits * scaling, logits], dim=-1)
+            hidden = torch.cat([vertical_hidden, hidden], dim=-1)
+            values = torch.cat([vertical_values, values], dim=2)
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        weights = logits.float().masked_fill(hidden, float("-inf")).softmax(dim=-1).to(value.dtype)
+        outputs.append(torch.matmul(weights, values[:, :, None]))
+    out = torch.cat(outputs, dim=3)  # [B, G, g, T, d]
+    return out.reshape(batch, heads, length, -1).transpose(1, 2).contiguous()
+
+
+class SparsePrefill:
+    """While active, ``model``'s attention runs :func:`vertical_slash_attention`.
+
+    Full-attention layers take ``vertical`` verticals ranked by ``method.score`` over the attention of
+    the pass's last ``observed`` queries, and a band of ``slash`` keys; sliding-window layers keep
+    their own window as the band, with no verticals (exactly their usual attention).
+    """
+
+    def __init__(self, model: nn.Module, method: KVMethod, observed: int, vertical: int, slash: int) -> None:
+        self.model, self.method = model, method
+        self.observed, self.vertical, self.slash = observed, vertical, slash
+        self._previous: str | None = None
+
+    def __enter__(self) -> SparsePrefill:
+        AttentionInterface.register(SPARSE_ATTENTION, _dispatch)
+        self._previous = self.model.config._attn_implementation
+        _ACTIVE[id(self.model.config)] = self
+        self.model.set_attn_implementation(SPARSE_ATTENTION)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _ACTIVE.pop(id(self.model.config), None)
+        self.model.set_attn_implementation(self._previous)
+
+    def attention(self, module: nn.Module, query, key, value, scaling: float, sliding_window: int | None):
+        softcap = getattr(module, "attn_logit_softcapping", None)
+        if sliding_window:
+            return vertical_slash_attention(query, key, value, None, sliding_window, scaling, softcap)
+        n_keys = key.shape[2]
+        observed = min(self.observed, query.shape[2])
+        candidates = n_keys - observed
+        verticals = None
+        if candidates > 0 and self.vertical > 0:
+            positions = torch.arange(n_keys - observed, n_keys)
+            rows = attention_rows(query[:, :, -observed:], key, positions, scaling, softcap)[..., :candidates]
+            verticals = top_indices(self.method.score(rows, key[:, :, :candidates]), self.vertical)
+        return vertical_slash_attention(query, key, value, verticals, self.slash, scaling, softcap)
+
+
+_ACTIVE: dict[int, SparsePrefill] = {}
+
+
+def _dispatch(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None, **kwargs
+):
+    """The function transformers calls; finds the :class:`SparsePrefill` of the module's model."""
+    sparse = _ACTIVE.get(id(module.config))
+    if sparse is None:
+        raise RuntimeError(f"{SPARSE_ATTENTION} attention is only valid inside draftwise's SparsePrefill")
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return sparse.attention(module, query, key, value, scale, sliding_window), None
