@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +59,7 @@ def decode(
     sampler: Sampler | None = None,
     stop_ids: Iterable[int] = (),
     feed_last: bool = False,
+    on_token: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` tokens (batch of one) from ``cache``.
 
@@ -69,6 +70,8 @@ def decode(
         stop_ids: tokens that end generation (kept in the output).
         feed_last: also run the model on the last token, so the cache (and any query recorder) sees
             every generated token.
+        on_token: called with each new token id as soon as it is chosen (for streaming); an
+            exception it raises stops generation.
     Returns:
         ``[1, T]`` generated token ids, ``T <= max_new_tokens``.
     """
@@ -77,6 +80,8 @@ def decode(
     device = first_logits.device
     token = sampler(first_logits)
     tokens = [token]
+    if on_token is not None:
+        on_token(int(token[0]))
     position = start_position
     while True:
         done = len(tokens) >= max_new_tokens or int(token[0]) in stop
@@ -95,4 +100,6 @@ def decode(
             break
         token = sampler(out.logits[:, -1].to(device))
         tokens.append(token)
+        if on_token is not None:
+            on_token(int(token[0]))
     return torch.stack(tokens, dim=1)

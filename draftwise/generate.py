@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -112,6 +112,7 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | None = None,
+    on_token: Callable[[int], None] | None = None,
 ) -> GenerationResult:
     """Generate an answer to ``prompt`` with ``target``, compressed by ``method`` with ``draft``'s help.
 
@@ -125,6 +126,8 @@ def generate(
             (:class:`~draftwise.SnapKV`, :class:`~draftwise.StreamingLLM`, ...).
         max_new_tokens: most tokens to generate; generation stops early at an end-of-sequence token.
         temperature, top_p, seed: sampling; ``temperature=0`` (default) is greedy.
+        on_token: called with each new token id as soon as it is chosen, for streaming; an exception
+            it raises (a client went away) stops generation and propagates.
     """
     method = method if method is not None else Full()
     if not isinstance(method, Method):
@@ -171,7 +174,15 @@ def generate(
     time_to_first_token = time.perf_counter() - start
 
     tokens, decode_seconds = _timed(
-        decode, target, filled.cache, filled.logits, kept_ids.shape[1], max_new_tokens, sampler, stops
+        decode,
+        target,
+        filled.cache,
+        filled.logits,
+        kept_ids.shape[1],
+        max_new_tokens,
+        sampler,
+        stops,
+        on_token=on_token,
     )
     token_ids = tokens[0].tolist()
     stats = GenerationStats(

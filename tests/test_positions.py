@@ -61,3 +61,10 @@ def test_generate_decodes_at_true_positions(tokenizer):
     decode_calls = [p for p in seen if len(p) == 1]
     assert decode_calls == [[n + i] for i in range(len(decode_calls))]
     assert len(decode_calls) == len(out.token_ids) - 1
+
+
+def test_on_token_streams_every_token_in_order(tokenizer):
+    target = tiny_model("llama")
+    streamed: list[int] = []
+    out = generate(target, None, tokenizer, random_ids(20), max_new_tokens=7, on_token=streamed.append)
+    assert streamed == out.token_ids

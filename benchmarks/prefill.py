@@ -1,0 +1,92 @@
+"""Pre-fill time and memory of the target: dense vs SpecKV's sparse (vertical-slash) pre-fill.
+
+Runs each configuration on the same needle prompt in one process and reports ratios to the dense
+pre-fill. Usage (after scripts/setup.sh):
+
+    .venv/bin/python benchmarks/prefill.py --lengths 4096 8192 --sizes 1024 --out docs/results/prefill.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import sys
+import time
+
+import torch
+
+from draftwise import SpecKV, load_model
+from draftwise.bench.needle import needle_case
+from draftwise.generate import encode
+from draftwise.models import DEFAULT_TARGET
+from draftwise.prefill import prefill
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--target", default=DEFAULT_TARGET)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024], help="vertical = slash sizes to try")
+    parser.add_argument("--budget", type=int, default=256)
+    parser.add_argument("--lookahead", type=int, default=24, help="lookahead tokens appended (random ids)")
+    parser.add_argument("--out", help="write a Markdown report here")
+    args = parser.parse_args()
+
+    target, tokenizer = load_model(args.target)
+    rows = []
+    for length in args.lengths:
+        ids = encode(tokenizer, needle_case(tokenizer, context_tokens=length).messages)
+        guess = torch.randint(0, 1000, (1, args.lookahead), generator=torch.Generator().manual_seed(0))
+        configs = [("dense pre-fill + SpecKV pruning", SpecKV(budget=args.budget))]
+        configs += [
+            (
+                f"sparse pre-fill V=S={size}",
+                SpecKV(budget=args.budget, sparse_prefill=True, vertical=size, slash=size),
+            )
+            for size in args.sizes
+        ]
+        baseline = None
+        for label, method in configs:
+            print(f"[{length}] {label} ...", file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            filled = prefill(target, ids, method, guess)
+            seconds = time.perf_counter() - start
+            top = int(filled.logits.argmax())
+            baseline = baseline or (seconds, top)
+            rows.append(
+                (ids.shape[1], label, seconds, seconds / baseline[0], top == baseline[1], peak_rss_mib())
+            )
+            del filled
+
+    lines = [
+        "| prompt tokens | configuration | pre-fill s | ratio to dense | same first token | peak RSS MiB |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {n} | {label} | {s:.2f} | {r:.2f} | {'yes' if same else 'no'} | {rss:.0f} |"
+        for n, label, s, r, same, rss in rows
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        command = " ".join(["python", *sys.argv])
+        machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        with open(args.out, "w") as handle:
+            handle.write(
+                "# Pre-fill: dense vs SpecKV sparse pre-fill\n\n"
+                f"- Command: `{command}`\n- Target: {args.target}, bfloat16, CPU ({machine}).\n"
+                f"- Budget {args.budget}, {args.lookahead} lookahead tokens; one run per row, one process.\n"
+                "- Peak RSS is the process's peak so far (it only grows down the table).\n\n"
+                f"{table}\n"
+            )
+
+
+if __name__ == "__main__":
+    main()
