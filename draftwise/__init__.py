@@ -11,12 +11,19 @@ Five lines::
 
 from draftwise.generate import GenerationResult, GenerationStats, generate
 from draftwise.methods import (
+    H2O,
     METHODS,
+    TOVA,
     Full,
+    HeadTail,
     KeyDiff,
     KNorm,
     KVMethod,
     Method,
+    Perplexity,
+    PromptMethod,
+    PyramidKV,
+    RandomDrop,
     SnapKV,
     SpecKV,
     SpecKVPC,
@@ -28,14 +35,21 @@ from draftwise.models import load_default_pair, load_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "H2O",
     "METHODS",
+    "TOVA",
     "Full",
+    "GenerationResult",
+    "GenerationStats",
+    "HeadTail",
     "KNorm",
     "KVMethod",
     "KeyDiff",
-    "GenerationResult",
-    "GenerationStats",
     "Method",
+    "Perplexity",
+    "PromptMethod",
+    "PyramidKV",
+    "RandomDrop",
     "SnapKV",
     "SpecKV",
     "SpecKVPC",

@@ -88,6 +88,6 @@ def full_cache_bytes(cache: DynamicCache, length: int) -> int:
 
 
 def kept_per_head(cache: DynamicCache) -> int:
-    """KV pairs per KV head held by the full-attention layers (they all hold the same number)."""
+    """KV pairs per KV head held by the full-attention layers, averaged over them (rounded)."""
     layers = prunable_layers(cache)
-    return int(cache.layers[layers[0]].keys.shape[2]) if layers else 0
+    return round(sum(cache.layers[i].keys.shape[2] for i in layers) / len(layers)) if layers else 0

@@ -13,9 +13,8 @@ from draftwise.cache import cache_bytes, full_cache_bytes, kept_per_head
 from draftwise.checks import check_architecture, check_context, check_same_vocabulary
 from draftwise.decoding import Sampler, decode
 from draftwise.draft import lookahead as draft_lookahead
-from draftwise.methods import Full, KVMethod, Method, SpecKVPC, SpecPC
+from draftwise.methods import Full, KVMethod, Method, PromptMethod, SpecKVPC, SpecPC
 from draftwise.prefill import prefill
-from draftwise.prompt import compress_prompt
 
 Prompt = str | Sequence[dict] | Sequence[int] | torch.Tensor
 
@@ -153,9 +152,10 @@ def generate(
     kept_ids, lookahead_ids, draft_seconds = input_ids, None, 0.0
     prompt_stage = method.prompt_stage() if isinstance(method, SpecKVPC) else method
     kv_stage = method.kv_stage() if isinstance(method, SpecKVPC) else method
-    if isinstance(prompt_stage, SpecPC) and prompt_stage.compresses(n):
-        check_context(draft, n, prompt_stage.lookahead + 1, "draft")
-        compressed, seconds = _timed(compress_prompt, draft, input_ids, prompt_stage, stops)
+    if isinstance(prompt_stage, PromptMethod) and prompt_stage.compresses(n):
+        if isinstance(prompt_stage, SpecPC):
+            check_context(draft, n, prompt_stage.lookahead + 1, "draft")
+        compressed, seconds = _timed(prompt_stage.compress, draft, input_ids, stops)
         kept_ids = input_ids[:, compressed.positions]
         lookahead_ids, draft_seconds = compressed.lookahead_ids, draft_seconds + seconds
     if isinstance(kv_stage, KVMethod) and kv_stage.compresses(kept_ids.shape[1]):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from draftwise.attention import QueryRecorder, attention_modules, module_attention_rows
+from draftwise.attention import QueryRecorder, attention_modules
 from draftwise.cache import (
     SlidingSnapshot,
     cache_bytes,
@@ -55,7 +55,7 @@ def prefill(
     if isinstance(method, SpecKV) and method.sparse_for(n + steps):
         return prefill_sparse(target, input_ids, method, lookahead_ids)
     cache = DynamicCache(config=target.config)
-    last = method.window if method is not None and method.uses_attention else 0
+    last = method.observed(n) if method is not None else 0
     with QueryRecorder(target, last=last) as recorder:
         out = target(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1]
@@ -113,19 +113,20 @@ def _prefill_lookahead(target: nn.Module, cache: DynamicCache, lookahead_ids: to
 
 
 def prune(target: nn.Module, cache: DynamicCache, recorder: QueryRecorder, n: int, method: KVMethod) -> None:
-    """Keep, per full-attention layer and KV head, the top ``budget - window`` prefix positions by
-    ``method.score`` plus the window; drop everything past the prompt (the lookahead)."""
+    """Keep, per full-attention layer and KV head, the top ``layer_budget - window`` prefix positions
+    by ``method.layer_scores`` plus the window; drop everything past the prompt (the lookahead)."""
     modules = attention_modules(target)
     prefix = n - method.window
-    for layer in prunable_layers(cache):
+    first_observed = n - method.observed(n)
+    layers = prunable_layers(cache)
+    for index, layer in enumerate(layers):
         keys = cache.layers[layer].keys
-        rows = None
-        if method.uses_attention:
-            queries = recorder.queries(layer)
-            query_positions = torch.arange(prefix, prefix + queries.shape[2])
-            rows = module_attention_rows(modules[layer], queries, keys, query_positions)[..., :prefix]
-        scores = method.score(rows, keys[:, :, :prefix])
-        chosen = top_indices(scores, method.budget - method.window)
+        queries = recorder.queries(layer) if method.uses_attention else None
+        positions = torch.arange(
+            first_observed, first_observed + (0 if queries is None else queries.shape[2])
+        )
+        scores = method.layer_scores(modules[layer], queries, keys, positions, prefix)
+        chosen = top_indices(scores, method.layer_budget(index, len(layers)) - method.window)
         window = torch.arange(prefix, n, device=chosen.device).expand(*chosen.shape[:2], -1)
         truncate(cache, layer, n)
         keep_positions(cache, layer, torch.cat([chosen, window], dim=-1))

@@ -72,11 +72,11 @@ def _positions(kept_prefix: bytearray, n: int) -> torch.Tensor:
 
 @dataclass
 class CompressedPrompt:
-    """The positions SpecPC kept, and the draft's lookahead (reusable as SpecKV's lookahead)."""
+    """The positions a prompt method kept, and SpecPC's lookahead (reusable as SpecKV's lookahead)."""
 
     positions: torch.Tensor  # [C] ascending positions into the original prompt
-    lookahead_ids: torch.Tensor  # [1, m]
-    scores: torch.Tensor  # [n] smoothed importance of each prompt token
+    lookahead_ids: torch.Tensor | None  # [1, m], the draft's lookahead (SpecPC only)
+    scores: torch.Tensor  # [n] importance of each prompt token
 
 
 @torch.no_grad()

@@ -6,8 +6,11 @@ import pytest
 import torch
 from conftest import random_ids, tiny_model
 
-from draftwise import KeyDiff, KNorm, StreamingLLM
+from draftwise import H2O, TOVA, HeadTail, KeyDiff, KNorm, Perplexity, PyramidKV, RandomDrop, StreamingLLM
+from draftwise.cache import kept_per_head
 from draftwise.cli import build_method
+from draftwise.methods.perplexity import surprisal
+from draftwise.methods.pyramidkv import pyramid_budgets
 from draftwise.prefill import prefill
 from draftwise.scoring import top_indices
 
@@ -59,3 +62,76 @@ def test_cli_builds_baselines():
     assert build_method("streamingllm", budget=64, window=8) == StreamingLLM(budget=64, window=8)
     with pytest.raises(ValueError, match="knorm takes no --lookahead"):
         build_method("knorm", budget=64, lookahead=3)
+
+
+def test_pyramid_budgets_fall_with_depth_and_keep_the_total():
+    for spare, layers in ((224, 28), (100, 3), (7, 5), (50, 1)):
+        counts = pyramid_budgets(spare, layers, beta=20)
+        assert sum(counts) == spare * layers
+        assert counts == sorted(counts, reverse=True)
+    method = PyramidKV(budget=64, window=8)
+    budgets = [method.layer_budget(i, 4) for i in range(4)]
+    assert sum(budgets) == 4 * 64 and budgets[0] > budgets[-1] >= 8
+
+
+def test_pyramidkv_prunes_layers_to_their_budgets(tokenizer):
+    target = tiny_model("llama", layers=4)
+    method = PyramidKV(budget=24, window=4)
+    pruned = prefill(target, torch.tensor([random_ids(60)]), method)
+    lengths = [layer.keys.shape[2] for layer in pruned.cache.layers]
+    assert lengths == [method.layer_budget(i, 4) for i in range(4)]
+    assert kept_per_head(pruned.cache) == 24
+
+
+def eager_attention(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids, output_attentions=True).attentions  # per layer [B, H, n, n]
+
+
+def test_tova_and_h2o_keep_what_eager_attention_says():
+    target = tiny_model("qwen2")
+    n, window, budget = 50, 4, 20
+    ids = torch.tensor([random_ids(n, seed=11)])
+    attentions = eager_attention(target, ids)
+    groups = target.config.num_key_value_heads
+    for method, reduce in (
+        (TOVA(budget=budget, window=window), lambda a: a[:, :, -1:].sum(2)),
+        (H2O(budget=budget, window=window), lambda a: a.sum(2)),
+    ):
+        pruned = prefill(target, ids, method)
+        full = prefill(target, ids)
+        for layer, attention in enumerate(attentions):
+            per_head = reduce(attention.float())[..., : n - window]  # [B, H, prefix]
+            per_group = per_head.view(1, groups, -1, n - window).sum(2)
+            expected = top_indices(per_group, budget - window)
+            original = full.cache.layers[layer].keys
+            index = expected[..., None].expand(-1, -1, -1, original.shape[-1])
+            torch.testing.assert_close(
+                pruned.cache.layers[layer].keys[:, :, :-window], original.gather(2, index)
+            )
+
+
+def test_head_tail_and_random_drop_choose_as_documented():
+    ids = torch.arange(100)[None]
+    kept = HeadTail(budget=20, window=4, head=0.5).compress(None, ids).positions
+    assert kept.tolist() == list(range(8)) + list(range(88, 100))
+    first = RandomDrop(budget=20, window=4, seed=1).compress(None, ids).positions
+    again = RandomDrop(budget=20, window=4, seed=1).compress(None, ids).positions
+    other = RandomDrop(budget=20, window=4, seed=2).compress(None, ids).positions
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert len(first) == 20 and set(range(96, 100)) <= set(first.tolist())
+
+
+def test_perplexity_keeps_the_most_surprising_tokens():
+    draft = tiny_model("llama", seed=3)
+    ids = torch.tensor([random_ids(40, seed=12)])
+    scores = surprisal(draft, ids)
+    with torch.no_grad():
+        logits = draft(input_ids=ids).logits[0].float()
+    expected = -logits[:-1].log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0]
+    torch.testing.assert_close(scores[1:], expected, rtol=1e-4, atol=1e-4)
+    assert scores[0] == float("inf")
+    kept = Perplexity(budget=12, window=4).compress(draft, ids).positions.tolist()
+    assert kept[0] == 0 and kept[-4:] == [36, 37, 38, 39]
+    best = set(torch.topk(scores[1:36], 7).indices.add(1).tolist())
+    assert best == set(kept[1:-4])

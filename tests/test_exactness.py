@@ -6,7 +6,23 @@ import pytest
 import torch
 from conftest import ARCHITECTURES, random_ids, tiny_model
 
-from draftwise import Full, KeyDiff, KNorm, SnapKV, SpecKV, SpecKVPC, SpecPC, StreamingLLM, generate
+from draftwise import (
+    H2O,
+    TOVA,
+    Full,
+    HeadTail,
+    KeyDiff,
+    KNorm,
+    Perplexity,
+    PyramidKV,
+    RandomDrop,
+    SnapKV,
+    SpecKV,
+    SpecKVPC,
+    SpecPC,
+    StreamingLLM,
+    generate,
+)
 from draftwise.decoding import decode
 from draftwise.draft import lookahead
 from draftwise.prefill import prefill
@@ -21,6 +37,12 @@ def methods_with_budget(budget: int):
         StreamingLLM(budget=budget, window=8),
         KNorm(budget=budget, window=8),
         KeyDiff(budget=budget, window=8),
+        PyramidKV(budget=budget, window=8),
+        H2O(budget=budget, window=8),
+        TOVA(budget=budget, window=8),
+        Perplexity(budget=budget, window=8),
+        RandomDrop(budget=budget, window=8),
+        HeadTail(budget=budget, window=8),
         SpecKV(budget=budget, window=8, lookahead=6),
         SpecPC(budget=budget, window=8, neighbourhood=4, kernel=4, first_layer=1),
         SpecKVPC(kv_budget=budget, prompt_budget=budget, kv_window=8, prompt_window=8, lookahead=4),

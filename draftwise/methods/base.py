@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
+from torch import nn
+
+from draftwise.attention import module_attention_rows
 
 Pool = Literal["max", "avg"]
 Reduce = Literal["max", "mean"]
@@ -71,7 +75,40 @@ class KVMethod(Budgeted):
         """How many draft tokens feed the scorer as extra queries (none unless overridden)."""
         return 0
 
+    def observed(self, prompt_length: int) -> int:
+        """How many of the prompt's last queries the scorer reads (0 if it reads keys only)."""
+        return self.window if self.uses_attention else 0
+
+    def layer_budget(self, index: int, layers: int) -> int:
+        """KV pairs per head kept in the ``index``-th of ``layers`` prunable layers (same for all here)."""
+        return self.budget
+
     def score(self, rows: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, G, k]`` of the prefix keys ``[B, G, k, d]`` (higher is kept); ``rows`` are
         attention probabilities ``[B, G, H/G, q, k]`` of the observation queries over those keys."""
+        raise NotImplementedError
+
+    def layer_scores(
+        self,
+        module: nn.Module,
+        queries: torch.Tensor | None,
+        keys: torch.Tensor,
+        query_positions: torch.Tensor,
+        prefix: int,
+    ) -> torch.Tensor:
+        """Scores ``[B, G, prefix]`` of one layer's prefix keys, from its observed ``queries``
+        ``[B, H, q, d]`` at ``query_positions`` and its cached ``keys`` ``[B, G, k, d]``."""
+        rows = None
+        if self.uses_attention:
+            rows = module_attention_rows(module, queries, keys, query_positions)[..., :prefix]
+        return self.score(rows, keys[:, :, :prefix])
+
+
+@dataclass(frozen=True)
+class PromptMethod(Budgeted):
+    """A method that drops prompt tokens: the target reads the ``budget`` tokens it keeps, the last
+    ``window`` included, in their original order."""
+
+    def compress(self, draft: nn.Module | None, input_ids: torch.Tensor, stop_ids: Iterable[int] = ()):
+        """The kept positions of ``input_ids`` ``[1, n]``, as a :class:`draftwise.prompt.CompressedPrompt`."""
         raise NotImplementedError

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from draftwise.methods.base import Budgeted, Pool, check_choice, check_positive
+from draftwise.methods.base import Pool, PromptMethod, check_choice, check_positive
 
 
 @dataclass(frozen=True)
-class SpecPC(Budgeted):
+class SpecPC(PromptMethod):
     """Compress the prompt to ``budget`` tokens with the draft's attention; the target reads the result.
 
     1. The draft reads the prompt and greedily writes ``lookahead`` tokens.
@@ -49,3 +49,8 @@ class SpecPC(Budgeted):
         if not isinstance(self.first_layer, int) or self.first_layer < 0:
             raise ValueError(f"first_layer must be a non-negative integer, got {self.first_layer!r}")
         check_choice("pool", self.pool, ("max", "avg"))
+
+    def compress(self, draft, input_ids, stop_ids=()):
+        from draftwise.prompt import compress_prompt
+
+        return compress_prompt(draft, input_ids, self, stop_ids)

@@ -1,0 +1,42 @@
+"""H2O: keep the heavy hitters, the keys with the most attention accumulated over the prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from draftwise.attention import module_attention_rows
+from draftwise.methods.base import KVMethod
+
+
+@dataclass(frozen=True)
+class H2O(KVMethod):
+    """Heavy-Hitter Oracle (Zhang et al., 2023), one-shot after pre-fill: each prefix key's score is
+    the attention it received from every prompt query, summed over queries and over the query heads
+    of its KV group. Attention is computed in blocks of ``block`` queries (memory O(block * n))."""
+
+    name: ClassVar[str] = "h2o"
+    uses_attention: ClassVar[bool] = True
+
+    block: int = 256
+
+    def observed(self, prompt_length: int) -> int:
+        return prompt_length
+
+    def layer_scores(
+        self,
+        module: nn.Module,
+        queries: torch.Tensor | None,
+        keys: torch.Tensor,
+        query_positions: torch.Tensor,
+        prefix: int,
+    ) -> torch.Tensor:
+        total = torch.zeros(keys.shape[0], keys.shape[1], prefix, device=keys.device)
+        for start in range(0, queries.shape[2], self.block):
+            stop = start + self.block
+            rows = module_attention_rows(module, queries[:, :, start:stop], keys, query_positions[start:stop])
+            total += rows[..., :prefix].sum(dim=(2, 3))
+        return total

@@ -1,0 +1,37 @@
+"""Head and tail: truncate the middle of the prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from draftwise.methods.base import PromptMethod
+
+
+@dataclass(frozen=True)
+class HeadTail(PromptMethod):
+    """Keep the first ``head`` share of the budget beyond the window from the start of the prompt, and
+    the rest (the window included) from its end."""
+
+    name: ClassVar[str] = "headtail"
+
+    budget: int = 1024
+    window: int = 64
+    head: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.head <= 1:
+            raise ValueError(f"head must be a share in [0, 1], got {self.head!r}")
+
+    def compress(self, draft, input_ids, stop_ids=()):
+        from draftwise.prompt import CompressedPrompt, select_tokens
+
+        n = input_ids.shape[1]
+        first = int((self.budget - self.window) * self.head)
+        position = torch.arange(n, dtype=torch.float32)
+        # the head scores above everything, then later tokens above earlier ones
+        scores = torch.where(position < first, position.new_tensor(float(2 * n)), position)
+        return CompressedPrompt(select_tokens(scores, self.budget, self.window), None, scores)
