@@ -83,6 +83,12 @@ def decode(
     if on_token is not None:
         on_token(int(token[0]))
     position = start_position
+    # A new token sees every cached key, in every layer. Eager attention would otherwise get a mask
+    # sized from the first layer's cache, wrong for layers pruned to other lengths (PyramidKV); a
+    # broadcast zero mask fits them all. sdpa and flash attention build no mask for one token.
+    visible = None
+    if model.config._attn_implementation == "eager":
+        visible = torch.zeros(1, 1, 1, 1, dtype=model.dtype, device=model.device)
     while True:
         done = len(tokens) >= max_new_tokens or int(token[0]) in stop
         if done and not feed_last:
@@ -92,6 +98,7 @@ def decode(
             input_ids=token[:, None].to(model.device),
             past_key_values=cache,
             position_ids=position_ids.to(model.device),
+            attention_mask=visible,
             use_cache=True,
             logits_to_keep=1,
         )

@@ -125,7 +125,8 @@ def prune(target: nn.Module, cache: DynamicCache, recorder: QueryRecorder, n: in
         positions = torch.arange(
             first_observed, first_observed + (0 if queries is None else queries.shape[2])
         )
-        scores = method.layer_scores(modules[layer], queries, keys, positions, prefix)
+        values = cache.layers[layer].values
+        scores = method.layer_scores(modules[layer], queries, keys, values, positions, prefix)
         chosen = top_indices(scores, method.layer_budget(index, len(layers)) - method.window)
         window = torch.arange(prefix, n, device=chosen.device).expand(*chosen.shape[:2], -1)
         truncate(cache, layer, n)

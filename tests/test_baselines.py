@@ -6,11 +6,25 @@ import pytest
 import torch
 from conftest import random_ids, tiny_model
 
-from draftwise import H2O, TOVA, HeadTail, KeyDiff, KNorm, Perplexity, PyramidKV, RandomDrop, StreamingLLM
+from draftwise import (
+    H2O,
+    TOVA,
+    HeadTail,
+    KeyDiff,
+    KNorm,
+    Perplexity,
+    PyramidKV,
+    RandomDrop,
+    SnapKV,
+    SpecKV,
+    StreamingLLM,
+    generate,
+)
 from draftwise.cache import kept_per_head
 from draftwise.cli import build_method
 from draftwise.methods.perplexity import surprisal
 from draftwise.methods.pyramidkv import pyramid_budgets
+from draftwise.methods.snapkv import caote_correction
 from draftwise.prefill import prefill
 from draftwise.scoring import top_indices
 
@@ -135,3 +149,26 @@ def test_perplexity_keeps_the_most_surprising_tokens():
     assert kept[0] == 0 and kept[-4:] == [36, 37, 38, 39]
     best = set(torch.topk(scores[1:36], 7).indices.add(1).tolist())
     assert best == set(kept[1:-4])
+
+
+def test_lookahead_wraps_any_scorer_of_the_snapkv_family(tokenizer):
+    assert not SnapKV(budget=64).needs_draft and SpecKV(budget=64).needs_draft
+    assert SnapKV(budget=64, lookahead=None).lookahead_length(7) == 7
+    target = tiny_model("qwen2")
+    draft = tiny_model("qwen2", seed=1, layers=2)
+    method = PyramidKV(budget=32, window=4, lookahead=5)
+    assert method.needs_draft
+    out = generate(target, draft, tokenizer, random_ids(80), method=method, max_new_tokens=3)
+    assert out.stats.lookahead_tokens == 5 and out.stats.kv_pairs_kept == 32
+    with pytest.raises(ValueError, match="needs a draft"):
+        generate(target, None, tokenizer, random_ids(80), method=method)
+
+
+def test_caote_correction_by_hand():
+    rows = torch.tensor([0.5, 0.25, 0.25]).view(1, 1, 1, 1, 3)
+    values = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]).view(1, 1, 3, 2)
+    out = torch.tensor([0.5, 0.25])  # rows @ values
+    expected = [
+        a / (1 - a) * float((values[0, 0, j] - out).norm()) for j, a in enumerate(rows.flatten().tolist())
+    ]
+    torch.testing.assert_close(caote_correction(rows, values).flatten(), torch.tensor(expected))

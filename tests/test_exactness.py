@@ -38,6 +38,8 @@ def methods_with_budget(budget: int):
         KNorm(budget=budget, window=8),
         KeyDiff(budget=budget, window=8),
         PyramidKV(budget=budget, window=8),
+        PyramidKV(budget=budget, window=8, lookahead=4),
+        SnapKV(budget=budget, window=8, caote=True),
         H2O(budget=budget, window=8),
         TOVA(budget=budget, window=8),
         Perplexity(budget=budget, window=8),

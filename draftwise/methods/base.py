@@ -30,7 +30,11 @@ class Method:
     """Base of all methods. ``name`` is the identifier used by the CLI and in results."""
 
     name: ClassVar[str] = "method"
-    needs_draft: ClassVar[bool] = False
+
+    @property
+    def needs_draft(self) -> bool:
+        """Whether the method runs the draft model."""
+        return False
 
     def compresses(self, prompt_length: int) -> bool:
         """Whether this method would drop anything from a prompt of ``prompt_length`` tokens."""
@@ -93,11 +97,12 @@ class KVMethod(Budgeted):
         module: nn.Module,
         queries: torch.Tensor | None,
         keys: torch.Tensor,
+        values: torch.Tensor,
         query_positions: torch.Tensor,
         prefix: int,
     ) -> torch.Tensor:
         """Scores ``[B, G, prefix]`` of one layer's prefix keys, from its observed ``queries``
-        ``[B, H, q, d]`` at ``query_positions`` and its cached ``keys`` ``[B, G, k, d]``."""
+        ``[B, H, q, d]`` at ``query_positions`` and its cached ``keys`` and ``values`` ``[B, G, k, d]``."""
         rows = None
         if self.uses_attention:
             rows = module_attention_rows(module, queries, keys, query_positions)[..., :prefix]

@@ -31,6 +31,7 @@ class H2O(KVMethod):
         module: nn.Module,
         queries: torch.Tensor | None,
         keys: torch.Tensor,
+        values: torch.Tensor,
         query_positions: torch.Tensor,
         prefix: int,
     ) -> torch.Tensor:

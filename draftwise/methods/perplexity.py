@@ -34,7 +34,10 @@ class Perplexity(PromptMethod):
     a coarse segment stage and iterative compression; this is its token-level core.)"""
 
     name: ClassVar[str] = "perplexity"
-    needs_draft: ClassVar[bool] = True
+
+    @property
+    def needs_draft(self) -> bool:
+        return True
 
     budget: int = 1024
     window: int = 64

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 
+from draftwise.attention import module_attention_rows
 from draftwise.methods.base import KVMethod, Pool, Reduce, check_choice, check_positive
 from draftwise.scoring import reduce_rows, smooth
 
@@ -20,7 +21,12 @@ class SnapKV(KVMethod):
     queries and over the query heads sharing a KV head with ``reduce``, then smoothed along the sequence
     with a centred 1-D ``pool`` of odd width ``kernel``.
 
-    Subclasses (SpecKV) add lookahead queries; the scoring stays this one.
+    ``lookahead`` turns on the draft's lookahead as extra observation queries (``None``: as many
+    tokens as will be generated; ``0``: none), which makes SnapKV into SpecKV and PyramidKV into
+    lookahead-PyramidKV: the lookahead wraps any scorer of this family. ``caote=True`` applies CAOTE's
+    correction (arXiv 2504.14051): each attention weight ``a`` of a key with value ``v`` becomes
+    ``a / (1 - a) * ||v - o||``, the change its eviction makes to the attention output ``o``, before the
+    reduction.
     """
 
     name: ClassVar[str] = "snapkv"
@@ -31,6 +37,8 @@ class SnapKV(KVMethod):
     kernel: int = 7
     pool: Pool = "max"
     reduce: Reduce = "max"
+    lookahead: int | None = 0
+    caote: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,6 +47,21 @@ class SnapKV(KVMethod):
             raise ValueError(f"kernel must be odd so the pool is centred, got {self.kernel}")
         check_choice("pool", self.pool, ("max", "avg"))
         check_choice("reduce", self.reduce, ("max", "mean"))
+        if self.lookahead is not None and (not isinstance(self.lookahead, int) or self.lookahead < 0):
+            raise ValueError(f"lookahead must be a non-negative integer or None, got {self.lookahead!r}")
+
+    @property
+    def needs_draft(self) -> bool:
+        return self.lookahead != 0
+
+    def lookahead_length(self, max_new_tokens: int) -> int:
+        return max_new_tokens if self.lookahead is None else self.lookahead
+
+    def layer_scores(self, module, queries, keys, values, query_positions, prefix):
+        if not self.caote:
+            return super().layer_scores(module, queries, keys, values, query_positions, prefix)
+        rows = module_attention_rows(module, queries, keys, query_positions)  # [B, G, g, q, k]
+        return self.score(caote_correction(rows, values)[..., :prefix], keys[:, :, :prefix])
 
     def score(self, rows: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
         """Scores of prefix keys.
@@ -50,3 +73,15 @@ class SnapKV(KVMethod):
             ``[B, G, k]`` float32 scores, one per KV head and key.
         """
         return smooth(reduce_rows(rows, self.reduce), self.kernel, self.pool)
+
+
+def caote_correction(rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """CAOTE's eviction error ``a / (1 - a) * ||v_j - o||`` for attention ``rows`` ``[B, G, g, q, k]``
+    over all ``k`` keys with ``values`` ``[B, G, k, d]``, where ``o = rows @ values`` per query."""
+    v = values.float()[:, :, None]  # [B, G, 1, k, d]
+    out = rows @ v  # [B, G, g, q, d]
+    squared = (
+        v.square().sum(-1)[..., None, :] - 2 * out @ v.transpose(-1, -2) + out.square().sum(-1, keepdim=True)
+    )
+    distance = squared.clamp_min(0).sqrt()
+    return rows / (1 - rows).clamp_min(1e-6) * distance

@@ -35,7 +35,6 @@ class SpecKV(SnapKV):
     """
 
     name: ClassVar[str] = "speckv"
-    needs_draft: ClassVar[bool] = True
 
     lookahead: int | None = None
     sparse_prefill: bool = False
@@ -52,6 +51,3 @@ class SpecKV(SnapKV):
     def sparse_for(self, length: int) -> bool:
         """Whether a pre-fill of ``length`` tokens (prompt and lookahead) runs sparse."""
         return self.sparse_prefill and self.vertical + self.slash < length
-
-    def lookahead_length(self, max_new_tokens: int) -> int:
-        return self.lookahead if self.lookahead is not None else max_new_tokens

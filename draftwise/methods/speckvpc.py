@@ -18,7 +18,10 @@ class SpecKVPC(Method):
     """
 
     name: ClassVar[str] = "speckvpc"
-    needs_draft: ClassVar[bool] = True
+
+    @property
+    def needs_draft(self) -> bool:
+        return True
 
     kv_budget: int = 256
     prompt_budget: int = 2048

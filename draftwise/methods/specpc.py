@@ -30,7 +30,10 @@ class SpecPC(PromptMethod):
     """
 
     name: ClassVar[str] = "specpc"
-    needs_draft: ClassVar[bool] = True
+
+    @property
+    def needs_draft(self) -> bool:
+        return True
 
     budget: int = 1024
     window: int = 64
