@@ -14,6 +14,7 @@ from draftwise.methods import (
     H2O,
     METHODS,
     TOVA,
+    AdaKV,
     Full,
     HeadTail,
     KeyDiff,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "H2O",
+    "AdaKV",
     "METHODS",
     "TOVA",
     "Full",

@@ -87,7 +87,15 @@ def full_cache_bytes(cache: DynamicCache, length: int) -> int:
     return total
 
 
-def kept_per_head(cache: DynamicCache) -> int:
-    """KV pairs per KV head held by the full-attention layers, averaged over them (rounded)."""
+def kept_per_head(cache: DynamicCache, valid: dict[int, torch.Tensor] | None = None) -> int:
+    """KV pairs per KV head held by the full-attention layers, averaged over layers and heads
+    (rounded); for a layer with a ``valid`` mask ``[B, G, L]``, only its valid (unpadded) pairs count."""
+    valid = valid or {}
     layers = prunable_layers(cache)
-    return round(sum(cache.layers[i].keys.shape[2] for i in layers) / len(layers)) if layers else 0
+    if not layers:
+        return 0
+    counts = [
+        valid[i].sum().item() / valid[i][..., 0].numel() if i in valid else cache.layers[i].keys.shape[2]
+        for i in layers
+    ]
+    return round(sum(counts) / len(counts))

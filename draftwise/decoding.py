@@ -14,6 +14,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from draftwise.headmask import HeadMaskedAttention
+
 
 @dataclass
 class Sampler:
@@ -60,6 +62,7 @@ def decode(
     stop_ids: Iterable[int] = (),
     feed_last: bool = False,
     on_token: Callable[[int], None] | None = None,
+    valid: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` tokens (batch of one) from ``cache``.
 
@@ -72,9 +75,24 @@ def decode(
             every generated token.
         on_token: called with each new token id as soon as it is chosen (for streaming); an
             exception it raises stops generation.
+        valid: per layer, the mask ``[1, G, L]`` of real (not padding) cache positions, for caches
+            whose heads keep unequal counts (AdaKV).
     Returns:
         ``[1, T]`` generated token ids, ``T <= max_new_tokens``.
     """
+    if valid:
+        with HeadMaskedAttention(model, valid):
+            return decode(
+                model,
+                cache,
+                first_logits,
+                start_position,
+                max_new_tokens,
+                sampler,
+                stop_ids,
+                feed_last,
+                on_token,
+            )
     sampler = sampler or Sampler()
     stop = set(stop_ids)
     device = first_logits.device

@@ -170,7 +170,7 @@ def generate(
     else:
         filled, prefill_seconds = _timed(prefill, target, kept_ids)
     kv_bytes = cache_bytes(filled.cache)
-    kv_pairs = kept_per_head(filled.cache)
+    kv_pairs = kept_per_head(filled.cache, filled.valid)
     time_to_first_token = time.perf_counter() - start
 
     tokens, decode_seconds = _timed(
@@ -183,6 +183,7 @@ def generate(
         sampler,
         stops,
         on_token=on_token,
+        valid=filled.valid,
     )
     token_ids = tokens[0].tolist()
     stats = GenerationStats(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -20,7 +20,6 @@ from draftwise.cache import (
 )
 from draftwise.methods.base import KVMethod
 from draftwise.methods.speckv import SpecKV
-from draftwise.scoring import top_indices
 from draftwise.sparse import SparsePrefill
 
 
@@ -32,6 +31,7 @@ class Prefill:
     logits: torch.Tensor  # [1, V] at the last prompt position
     prompt_length: int
     full_bytes: int  # K and V bytes before any pruning
+    valid: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer [B, G, L], if heads differ
 
 
 @torch.no_grad()
@@ -56,6 +56,7 @@ def prefill(
         return prefill_sparse(target, input_ids, method, lookahead_ids)
     cache = DynamicCache(config=target.config)
     last = method.observed(n) if method is not None else 0
+    valid: dict[int, torch.Tensor] = {}
     with QueryRecorder(target, last=last) as recorder:
         out = target(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1]
@@ -64,8 +65,8 @@ def prefill(
             if lookahead_ids is not None and lookahead_ids.numel():
                 recorder.last = lookahead_ids.shape[1]
                 _prefill_lookahead(target, cache, lookahead_ids.to(target.device), n)
-            prune(target, cache, recorder, n, method)
-    return Prefill(cache=cache, logits=logits, prompt_length=n, full_bytes=full_bytes)
+            valid = prune(target, cache, recorder, n, method)
+    return Prefill(cache=cache, logits=logits, prompt_length=n, full_bytes=full_bytes, valid=valid)
 
 
 def prefill_sparse(
@@ -94,8 +95,8 @@ def prefill_sparse(
         layer.crop(-steps)
         layer.record_past = False
     full_bytes = full_cache_bytes(cache, n)
-    prune(target, cache, recorder, n, method)
-    return Prefill(cache=cache, logits=out.logits[:, -1], prompt_length=n, full_bytes=full_bytes)
+    valid = prune(target, cache, recorder, n, method)
+    return Prefill(cache=cache, logits=out.logits[:, -1], prompt_length=n, full_bytes=full_bytes, valid=valid)
 
 
 def _prefill_lookahead(target: nn.Module, cache: DynamicCache, lookahead_ids: torch.Tensor, n: int) -> None:
@@ -112,13 +113,18 @@ def _prefill_lookahead(target: nn.Module, cache: DynamicCache, lookahead_ids: to
     snapshot.restore(cache)
 
 
-def prune(target: nn.Module, cache: DynamicCache, recorder: QueryRecorder, n: int, method: KVMethod) -> None:
-    """Keep, per full-attention layer and KV head, the top ``layer_budget - window`` prefix positions
-    by ``method.layer_scores`` plus the window; drop everything past the prompt (the lookahead)."""
+def prune(
+    target: nn.Module, cache: DynamicCache, recorder: QueryRecorder, n: int, method: KVMethod
+) -> dict[int, torch.Tensor]:
+    """Keep, per full-attention layer and KV head, the ``layer_budget - window`` prefix positions
+    ``method.select`` picks by ``method.layer_scores``, plus the window; drop everything past the
+    prompt (the lookahead). Returns, for layers whose heads keep unequal counts, the ``valid`` mask
+    ``[B, G, L]`` of their padded cache."""
     modules = attention_modules(target)
     prefix = n - method.window
     first_observed = n - method.observed(n)
     layers = prunable_layers(cache)
+    masks: dict[int, torch.Tensor] = {}
     for index, layer in enumerate(layers):
         keys = cache.layers[layer].keys
         queries = recorder.queries(layer) if method.uses_attention else None
@@ -127,7 +133,10 @@ def prune(target: nn.Module, cache: DynamicCache, recorder: QueryRecorder, n: in
         )
         values = cache.layers[layer].values
         scores = method.layer_scores(modules[layer], queries, keys, values, positions, prefix)
-        chosen = top_indices(scores, method.layer_budget(index, len(layers)) - method.window)
+        chosen, valid = method.select(scores, method.layer_budget(index, len(layers)) - method.window)
         window = torch.arange(prefix, n, device=chosen.device).expand(*chosen.shape[:2], -1)
         truncate(cache, layer, n)
         keep_positions(cache, layer, torch.cat([chosen, window], dim=-1))
+        if valid is not None:
+            masks[layer] = torch.cat([valid, torch.ones_like(window, dtype=torch.bool)], dim=-1)
+    return masks

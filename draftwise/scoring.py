@@ -40,6 +40,10 @@ def smooth(scores: torch.Tensor, kernel: int, pool: str = "max") -> torch.Tensor
 
 
 def top_indices(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices of the ``count`` highest scores along the last axis, in ascending (original) order."""
+    """Indices of the ``count`` highest scores along the last axis, in ascending (original) order.
+
+    Ties (common after max pooling) go to the earlier position, on every device.
+    """
     count = min(count, scores.shape[-1])
-    return scores.topk(count, dim=-1, sorted=False).indices.sort(dim=-1).values
+    ranked = scores.argsort(dim=-1, descending=True, stable=True)
+    return ranked[..., :count].sort(dim=-1).values

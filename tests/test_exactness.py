@@ -9,6 +9,7 @@ from conftest import ARCHITECTURES, random_ids, tiny_model
 from draftwise import (
     H2O,
     TOVA,
+    AdaKV,
     Full,
     HeadTail,
     KeyDiff,
@@ -39,6 +40,7 @@ def methods_with_budget(budget: int):
         KeyDiff(budget=budget, window=8),
         PyramidKV(budget=budget, window=8),
         PyramidKV(budget=budget, window=8, lookahead=4),
+        AdaKV(budget=budget, window=8, lookahead=4),
         SnapKV(budget=budget, window=8, caote=True),
         H2O(budget=budget, window=8),
         TOVA(budget=budget, window=8),

@@ -1,5 +1,6 @@
 """Compression methods: each a small frozen dataclass with its parameters and paper defaults."""
 
+from draftwise.methods.adakv import AdaKV
 from draftwise.methods.base import Budgeted, KVMethod, Method, PromptMethod
 from draftwise.methods.full import Full
 from draftwise.methods.h2o import H2O
@@ -25,6 +26,7 @@ METHODS: dict[str, type[Method]] = {
         SpecKVPC,
         SnapKV,
         PyramidKV,
+        AdaKV,
         StreamingLLM,
         H2O,
         TOVA,
@@ -38,6 +40,7 @@ METHODS: dict[str, type[Method]] = {
 
 __all__ = [
     "H2O",
+    "AdaKV",
     "METHODS",
     "TOVA",
     "Budgeted",

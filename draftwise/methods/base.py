@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from draftwise.attention import module_attention_rows
+from draftwise.scoring import top_indices
 
 Pool = Literal["max", "avg"]
 Reduce = Literal["max", "mean"]
@@ -86,6 +87,13 @@ class KVMethod(Budgeted):
     def layer_budget(self, index: int, layers: int) -> int:
         """KV pairs per head kept in the ``index``-th of ``layers`` prunable layers (same for all here)."""
         return self.budget
+
+    def select(self, scores: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ``count`` best positions per head, ascending: ``(indices [B, G, count], None)``.
+
+        A method giving heads unequal counts returns padded indices and a ``valid`` mask instead.
+        """
+        return top_indices(scores, count), None
 
     def score(self, rows: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, G, k]`` of the prefix keys ``[B, G, k, d]`` (higher is kept); ``rows`` are
