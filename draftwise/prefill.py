@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +35,61 @@ class Prefill:
     valid: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer [B, G, L], if heads differ
 
 
+@dataclass
+class Observed:
+    """A plain pre-fill of the prompt, with the post-RoPE queries of its last positions per layer.
+
+    One observed pre-fill serves every KV method (each compresses its own copy): it is what a method
+    computes alone before it prunes.
+    """
+
+    cache: DynamicCache
+    logits: torch.Tensor  # [1, V] at the last prompt position
+    queries: dict[int, torch.Tensor]  # per layer [1, H, q, d], the last q prompt positions
+    prompt_length: int
+    full_bytes: int
+
+
+@torch.no_grad()
+def observe(target: nn.Module, input_ids: torch.Tensor, last: int) -> Observed:
+    """Pre-fill ``input_ids`` ``[1, n]``, recording the queries of its ``last`` positions."""
+    input_ids = input_ids.to(target.device)
+    cache = DynamicCache(config=target.config)
+    with QueryRecorder(target, last=last) as recorder:
+        out = target(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    queries = {m.layer_idx: recorder.queries(m.layer_idx) for m in recorder.modules} if last else {}
+    return Observed(cache, out.logits[:, -1], queries, input_ids.shape[1], cache_bytes(cache))
+
+
+@torch.no_grad()
+def compress(
+    target: nn.Module,
+    observed: Observed,
+    method: KVMethod | None,
+    lookahead_ids: torch.Tensor | None = None,
+    copy: bool = True,
+) -> Prefill:
+    """Prune (a copy of) an observed cache with ``method``: pre-fill ``lookahead_ids`` ``[1, m]`` (if
+    any) as a second chunk for their queries, keep each full-attention layer's best positions, drop
+    the lookahead's KV pairs."""
+    n = observed.prompt_length
+    cache = deepcopy(observed.cache) if copy else observed.cache
+    valid: dict[int, torch.Tensor] = {}
+    if method is not None:
+        if method.window > n:
+            raise ValueError(f"window ({method.window}) is larger than the prompt ({n} tokens)")
+        last = method.observed(n)
+        queries = (
+            {layer: q[:, :, q.shape[2] - last :] for layer, q in observed.queries.items()} if last else {}
+        )
+        if lookahead_ids is not None and lookahead_ids.numel():
+            with QueryRecorder(target, last=lookahead_ids.shape[1]) as recorder:
+                _prefill_lookahead(target, cache, lookahead_ids.to(target.device), n)
+            queries = {layer: torch.cat([q, recorder.queries(layer)], dim=2) for layer, q in queries.items()}
+        valid = prune(target, cache, queries, n, method)
+    return Prefill(cache, observed.logits, n, observed.full_bytes, valid)
+
+
 @torch.no_grad()
 def prefill(
     target: nn.Module,
@@ -43,30 +99,18 @@ def prefill(
 ) -> Prefill:
     """Pre-fill ``input_ids`` ``[1, n]``; with ``method``, prune the cache to its budget.
 
-    With a method, the window's queries are recorded during the pre-fill, ``lookahead_ids`` ``[1, m]``
-    (if any) are pre-filled as a second chunk to record their queries, then every full-attention layer
-    keeps its ``budget`` best positions and the lookahead's KV pairs are dropped.
+    With a method, the last queries it observes are recorded during the pre-fill, ``lookahead_ids``
+    ``[1, m]`` (if any) are pre-filled as a second chunk to record their queries, then every
+    full-attention layer keeps its budget of best positions and the lookahead's KV pairs are dropped.
     """
-    input_ids = input_ids.to(target.device)
     n = input_ids.shape[1]
     if method is not None and method.window > n:
         raise ValueError(f"window ({method.window}) is larger than the prompt ({n} tokens)")
     steps = lookahead_ids.shape[1] if lookahead_ids is not None else 0
     if isinstance(method, SpecKV) and method.sparse_for(n + steps):
-        return prefill_sparse(target, input_ids, method, lookahead_ids)
-    cache = DynamicCache(config=target.config)
-    last = method.observed(n) if method is not None else 0
-    valid: dict[int, torch.Tensor] = {}
-    with QueryRecorder(target, last=last) as recorder:
-        out = target(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1]
-        full_bytes = cache_bytes(cache)
-        if method is not None:
-            if lookahead_ids is not None and lookahead_ids.numel():
-                recorder.last = lookahead_ids.shape[1]
-                _prefill_lookahead(target, cache, lookahead_ids.to(target.device), n)
-            valid = prune(target, cache, recorder, n, method)
-    return Prefill(cache=cache, logits=logits, prompt_length=n, full_bytes=full_bytes, valid=valid)
+        return prefill_sparse(target, input_ids.to(target.device), method, lookahead_ids)
+    observed = observe(target, input_ids, method.observed(n) if method is not None else 0)
+    return compress(target, observed, method, lookahead_ids, copy=False)
 
 
 def prefill_sparse(
@@ -95,7 +139,8 @@ def prefill_sparse(
         layer.crop(-steps)
         layer.record_past = False
     full_bytes = full_cache_bytes(cache, n)
-    valid = prune(target, cache, recorder, n, method)
+    queries = {m.layer_idx: recorder.queries(m.layer_idx) for m in recorder.modules}
+    valid = prune(target, cache, queries, n, method)
     return Prefill(cache=cache, logits=out.logits[:, -1], prompt_length=n, full_bytes=full_bytes, valid=valid)
 
 
@@ -114,11 +159,12 @@ def _prefill_lookahead(target: nn.Module, cache: DynamicCache, lookahead_ids: to
 
 
 def prune(
-    target: nn.Module, cache: DynamicCache, recorder: QueryRecorder, n: int, method: KVMethod
+    target: nn.Module, cache: DynamicCache, queries: dict[int, torch.Tensor], n: int, method: KVMethod
 ) -> dict[int, torch.Tensor]:
     """Keep, per full-attention layer and KV head, the ``layer_budget - window`` prefix positions
-    ``method.select`` picks by ``method.layer_scores``, plus the window; drop everything past the
-    prompt (the lookahead). Returns, for layers whose heads keep unequal counts, the ``valid`` mask
+    ``method.select`` picks by ``method.layer_scores`` from the observed ``queries`` (per layer
+    ``[1, H, q, d]``, the prompt's last ones then the lookahead's), plus the window; drop everything
+    past the prompt (the lookahead). Returns, for layers whose heads keep unequal counts, the ``valid`` mask
     ``[B, G, L]`` of their padded cache."""
     modules = attention_modules(target)
     prefix = n - method.window
@@ -127,12 +173,10 @@ def prune(
     masks: dict[int, torch.Tensor] = {}
     for index, layer in enumerate(layers):
         keys = cache.layers[layer].keys
-        queries = recorder.queries(layer) if method.uses_attention else None
-        positions = torch.arange(
-            first_observed, first_observed + (0 if queries is None else queries.shape[2])
-        )
+        seen = queries.get(layer) if method.uses_attention else None
+        positions = torch.arange(first_observed, first_observed + (0 if seen is None else seen.shape[2]))
         values = cache.layers[layer].values
-        scores = method.layer_scores(modules[layer], queries, keys, values, positions, prefix)
+        scores = method.layer_scores(modules[layer], seen, keys, values, positions, prefix)
         chosen, valid = method.select(scores, method.layer_budget(index, len(layers)) - method.window)
         window = torch.arange(prefix, n, device=chosen.device).expand(*chosen.shape[:2], -1)
         truncate(cache, layer, n)
