@@ -13,8 +13,9 @@ from draftwise.cache import cache_bytes, full_cache_bytes, kept_per_head
 from draftwise.checks import check_architecture, check_context, check_same_vocabulary
 from draftwise.decoding import Sampler, decode
 from draftwise.draft import lookahead as draft_lookahead
-from draftwise.methods import Full, KVMethod, Method, PromptMethod, SpecKVPC, SpecPC
+from draftwise.methods import Full, KVMethod, Method, PromptMethod, SpecKV, SpecKVPC, SpecPC
 from draftwise.prefill import prefill
+from draftwise.reuse import Reuse
 
 Prompt = str | Sequence[dict] | Sequence[int] | torch.Tensor
 
@@ -112,6 +113,7 @@ def generate(
     top_p: float = 1.0,
     seed: int | None = None,
     on_token: Callable[[int], None] | None = None,
+    reuse: Reuse | None = None,
 ) -> GenerationResult:
     """Generate an answer to ``prompt`` with ``target``, compressed by ``method`` with ``draft``'s help.
 
@@ -127,6 +129,9 @@ def generate(
         temperature, top_p, seed: sampling; ``temperature=0`` (default) is greedy.
         on_token: called with each new token id as soon as it is chosen, for streaming; an exception
             it raises (a client went away) stops generation and propagates.
+        reuse: a :class:`~draftwise.reuse.Reuse` shared by calls on the same prompt (benchmarks): the
+            target's plain pre-fill and the draft's lookaheads are computed once; answers are
+            unchanged, and each call's seconds still include the shared work.
     """
     method = method if method is not None else Full()
     if not isinstance(method, Method):
@@ -158,15 +163,25 @@ def generate(
         compressed, seconds = _timed(prompt_stage.compress, draft, input_ids, stops)
         kept_ids = input_ids[:, compressed.positions]
         lookahead_ids, draft_seconds = compressed.lookahead_ids, draft_seconds + seconds
+    shared = reuse if reuse is not None and kept_ids is input_ids else None
     if isinstance(kv_stage, KVMethod) and kv_stage.compresses(kept_ids.shape[1]):
         steps = kv_stage.lookahead_length(max_new_tokens)
         if steps and lookahead_ids is None:
             check_context(draft, n, steps, "draft")
-            lookahead_ids, seconds = _timed(draft_lookahead, draft, kept_ids, steps, stops)
+            if shared is not None:
+                lookahead_ids, seconds = shared.lookahead(draft, kept_ids, steps, stops)
+            else:
+                lookahead_ids, seconds = _timed(draft_lookahead, draft, kept_ids, steps, stops)
             draft_seconds += seconds
-        filled, prefill_seconds = _timed(
-            prefill, target, kept_ids, kv_stage, lookahead_ids if steps else None
-        )
+        lookahead_ids = lookahead_ids if steps else None
+        taken = 0 if lookahead_ids is None else lookahead_ids.shape[1]
+        sparse = isinstance(kv_stage, SpecKV) and kv_stage.sparse_for(kept_ids.shape[1] + taken)
+        if shared is not None and not sparse:
+            filled, prefill_seconds = shared.prefill(target, kept_ids, kv_stage, lookahead_ids)
+        else:
+            filled, prefill_seconds = _timed(prefill, target, kept_ids, kv_stage, lookahead_ids)
+    elif shared is not None:
+        filled, prefill_seconds = shared.prefill(target, kept_ids, None, None)
     else:
         filled, prefill_seconds = _timed(prefill, target, kept_ids)
     kv_bytes = cache_bytes(filled.cache)

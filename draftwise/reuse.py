@@ -1,0 +1,65 @@
+"""Work on one prompt that several generations may share (benchmarks comparing methods).
+
+The target's plain pre-fill and the draft's lookaheads do not depend on the KV method, so a benchmark
+may compute them once per prompt and let each KV method compress its own copy. Each method's answer
+is exactly what it gives alone (tested), and its reported seconds include the shared work, as if it
+had run alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from draftwise.draft import lookahead
+from draftwise.methods.base import KVMethod
+from draftwise.prefill import Observed, Prefill, compress, observe
+
+
+class Reuse:
+    """Shared work for one prompt: pass the same instance to each ``generate(..., reuse=...)`` call.
+
+    ``last`` is the most prompt queries any method will observe (e.g. its window; all ``n`` for H2O).
+    """
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+        self._observed: Observed | None = None
+        self._observe_seconds = 0.0
+        self._lookaheads: dict[int, tuple[torch.Tensor, float]] = {}
+
+    def lookahead(
+        self, draft: nn.Module, input_ids: torch.Tensor, steps: int, stop_ids: Iterable[int]
+    ) -> tuple[torch.Tensor, float]:
+        """The draft's ``steps``-token lookahead and the seconds it took (computed once per length)."""
+        if steps not in self._lookaheads:
+            start = time.perf_counter()
+            ids = lookahead(draft, input_ids, steps, stop_ids)
+            self._lookaheads[steps] = (ids, time.perf_counter() - start)
+        return self._lookaheads[steps]
+
+    def prefill(
+        self,
+        target: nn.Module,
+        input_ids: torch.Tensor,
+        method: KVMethod | None,
+        lookahead_ids: torch.Tensor | None,
+    ) -> tuple[Prefill, float]:
+        """``method``'s pre-fill from a copy of the shared one, and its seconds (shared part included)."""
+        if self._observed is None:
+            start = time.perf_counter()
+            self._observed = observe(target, input_ids, self.last)
+            self._observe_seconds = time.perf_counter() - start
+        elif self._observed.prompt_length != input_ids.shape[1]:
+            raise ValueError("a Reuse serves one prompt; this one differs from the first")
+        n = input_ids.shape[1]
+        if method is not None and method.observed(n) > self.last:
+            raise ValueError(
+                f"{method.name} observes {method.observed(n)} queries; Reuse recorded {self.last}"
+            )
+        start = time.perf_counter()
+        filled = compress(target, self._observed, method, lookahead_ids, copy=True)
+        return filled, self._observe_seconds + time.perf_counter() - start
