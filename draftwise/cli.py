@@ -147,6 +147,55 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _csv(kind):
+    return lambda text: [kind(part) for part in text.split(",") if part.strip()]
+
+
+def cmd_bench_ruler(args) -> int:
+    from draftwise.bench import ruler
+    from draftwise.bench.harness import build_entries, read_records, run_ruler, summarize, summary_markdown
+
+    entries = build_entries(args.methods, args.budgets, args.prompt_budgets)
+    tasks = args.tasks or list(ruler.TASKS)
+    unknown = [t for t in tasks if t not in ruler.TASKS]
+    if unknown:
+        raise ValueError(f"unknown RULER task(s) {', '.join(unknown)}; tasks: {', '.join(ruler.TASKS)}")
+    target, draft, tokenizer = _load(args)
+    for _ in run_ruler(
+        target,
+        draft,
+        tokenizer,
+        entries,
+        tasks,
+        args.lengths,
+        args.samples,
+        args.out,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+    ):
+        pass
+    print(summary_markdown(summarize(read_records(args.out))))
+    return 0
+
+
+def cmd_bench_summary(args) -> int:
+    from draftwise.bench.harness import read_records, summarize, summary_markdown
+
+    records = read_records(args.results)
+    if not records:
+        raise ValueError(f"no records in {args.results}")
+    print(summary_markdown(summarize(records)))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from draftwise.bench.plot import plot_results
+
+    for path in plot_results(args.results, args.out):
+        print(path)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="draftwise", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
@@ -188,6 +237,28 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--depth", type=float, default=0.5, help="where the needle sits, 0..1")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    run = bench.add_parser("ruler", help="RULER accuracy, memory and time of methods side by side")
+    models(run)
+    run.set_defaults(max_new_tokens=None)
+    run.add_argument("--methods", type=_csv(str), default=["full", "speckv", "snapkv"])
+    run.add_argument("--budgets", type=_csv(int), default=[256, 1024], help="KV budgets")
+    run.add_argument("--prompt-budgets", type=_csv(int), default=[1024, 2048], help="prompt-method budgets")
+    run.add_argument("--lengths", type=_csv(int), default=[4096])
+    run.add_argument("--tasks", type=_csv(str), help="default: all 13")
+    run.add_argument("--samples", type=int, default=5)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", default="results/ruler.jsonl", help="JSONL results file (appended, resumable)")
+    run.set_defaults(func=cmd_bench_ruler)
+    summary = bench.add_parser("summary", help="print the tables of a results file")
+    summary.add_argument("results")
+    summary.set_defaults(func=cmd_bench_summary)
+
+    plot = sub.add_parser("plot", help="PNG figures from a results file")
+    plot.add_argument("results")
+    plot.add_argument("--out", default="plots")
+    plot.set_defaults(func=cmd_plot)
     return root
 
 

@@ -1,0 +1,62 @@
+"""Figures from a results file: accuracy vs budget per method, and per-task bars."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from draftwise.bench.harness import read_records, summarize
+
+
+def plot_results(results: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write ``accuracy_vs_budget.png`` and ``accuracy_per_task.png`` into ``out_dir``; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_records(results)
+    if not records:
+        raise ValueError(f"no records in {results}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(records)
+
+    curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r["label"] != "full":
+            curves[r["method"] if "@" not in r["label"] else r["label"].split("@")[0]][r["budget"]].append(
+                r["score"]
+            )
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
+    for name, points in sorted(curves.items()):
+        budgets = sorted(points)
+        ax.plot(budgets, [100 * statistics.mean(points[b]) for b in budgets], marker="o", label=name)
+    if "full" in summary["overall"]:
+        ax.axhline(summary["overall"]["full"], color="black", linestyle="--", linewidth=1, label="full")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("budget (KV pairs per head, or prompt tokens)")
+    ax.set_ylabel("RULER accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    first = out_dir / "accuracy_vs_budget.png"
+    fig.savefig(first)
+    plt.close(fig)
+
+    tasks, labels = summary["tasks"], summary["labels"]
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(tasks) + 2), 4.2), dpi=150)
+    width = 0.8 / len(labels)
+    for i, label in enumerate(labels):
+        xs = [t + (i - (len(labels) - 1) / 2) * width for t in range(len(tasks))]
+        ax.bar(xs, [summary["accuracy"][label].get(t, 0) for t in tasks], width, label=label)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=6, ncol=3)
+    fig.tight_layout()
+    second = out_dir / "accuracy_per_task.png"
+    fig.savefig(second)
+    plt.close(fig)
+    return [first, second]

@@ -1,0 +1,112 @@
+"""The RULER harness: entries, resumable JSONL records, summary tables and plots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+
+from draftwise.bench.harness import build_entries, read_records, run_ruler, summarize, summary_markdown
+from draftwise.bench.plot import plot_results
+from draftwise.cli import main
+from draftwise.methods import AdaKV, Full, SnapKV, SpecKVPC, SpecPC
+from draftwise.models import resolve
+
+
+@pytest.fixture(scope="module")
+def qwen_tokenizer():
+    return AutoTokenizer.from_pretrained(resolve("qwen2.5-coder-0.5b-instruct"))
+
+
+def tiny_qwen(tokenizer, seed: int, layers: int):
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+
+
+def test_build_entries():
+    entries = build_entries(["full", "snapkv", "specpc", "speckvpc", "ada-speckv"], [64, 128], [256, 512])
+    labels = [e.label for e in entries]
+    assert labels == [
+        "full",
+        "snapkv@64",
+        "snapkv@128",
+        "specpc@256",
+        "specpc@512",
+        "speckvpc@64",
+        "speckvpc@128",
+        "ada-speckv@64",
+        "ada-speckv@128",
+    ]
+    methods = {e.label: e.method for e in entries}
+    assert methods["full"] == Full() and methods["snapkv@128"] == SnapKV(budget=128)
+    assert methods["specpc@512"] == SpecPC(budget=512)
+    assert methods["speckvpc@64"] == SpecKVPC(kv_budget=64, prompt_budget=512)
+    assert methods["ada-speckv@64"] == AdaKV(budget=64, lookahead=None)
+    with pytest.raises(ValueError, match="unknown method"):
+        build_entries(["magic"], [64], [256])
+
+
+def test_run_resumes_where_it_stopped_and_summarizes(qwen_tokenizer, tmp_path):
+    target, draft = tiny_qwen(qwen_tokenizer, 0, 2), tiny_qwen(qwen_tokenizer, 1, 1)
+    entries = build_entries(["full", "snapkv", "speckv", "specpc"], [64], [256])
+    out = tmp_path / "results.jsonl"
+    kwargs = dict(
+        tasks=["niah_single_1"], lengths=[1024], samples=2, out=out, max_new_tokens=4, progress=False
+    )
+
+    run = run_ruler(target, draft, qwen_tokenizer, entries, **kwargs)
+    first = [next(run) for _ in range(3)]
+    run.close()  # killed after three answers
+    with out.open("a") as handle:
+        handle.write('{"task": "niah_single_1", "len')  # and a torn line
+    assert len(read_records(out)) == 3
+
+    rest = list(run_ruler(target, draft, qwen_tokenizer, entries, **kwargs))
+    assert len(rest) == 2 * len(entries) - 3
+    records = read_records(out)
+    keys = [(r["index"], r["label"]) for r in records]
+    assert len(keys) == len(set(keys)) == 2 * len(entries)
+    assert {(r["index"], r["label"]) for r in first}.isdisjoint((r["index"], r["label"]) for r in rest)
+    for r in records:
+        assert 0 <= r["score"] <= 1 and r["new_tokens"] <= 4
+        if r["label"] == "snapkv@64":
+            assert r["kv_pairs_kept"] == 64
+
+    summary = summarize(records)
+    assert summary["labels"][0] == "full" and set(summary["labels"]) == {e.label for e in entries}
+    assert summary["cost"]["specpc@256"]["samples"] == 2
+    table = summary_markdown(summary)
+    assert "| full |" in table and "retained vs full" in table
+
+    paths = plot_results(out, tmp_path / "plots")
+    assert [p.name for p in paths] == ["accuracy_vs_budget.png", "accuracy_per_task.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_summary_and_plot_commands(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    base = {"task": "vt", "length": 4096, "index": 0, "prediction": "", "answers": ["X"], "peak_rss_mib": 1.0}
+    cost = {"kv_fraction": 1.0, "kv_bytes": 8, "draft_seconds": 0.0, "prefill_seconds": 1.0}
+    cost |= {"decode_seconds": 1.0, "total_seconds": 2.0}
+    rows = [
+        {**base, **cost, "label": "full", "method": "full", "budget": None, "score": 1.0},
+        {**base, **cost, "label": "speckv@256", "method": "speckv", "budget": 256, "score": 0.5},
+    ]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["bench", "summary", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| speckv@256 | 50.0 | 50.0 |" in printed and "0.500" in printed
+    assert main(["plot", str(out), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "accuracy_vs_budget.png").is_file()
