@@ -15,6 +15,7 @@ from collections import defaultdict
 
 import torch
 from torch import nn
+from transformers import AttentionInterface
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -134,3 +135,42 @@ def module_attention_rows(
     """:func:`attention_rows` with ``module``'s own scaling and soft-capping."""
     softcap = getattr(module, "attn_logit_softcapping", None)
     return attention_rows(queries, keys, query_positions, module.scaling, softcap)
+
+
+class AttentionOverride:
+    """Run ``model``'s attention through :meth:`attention` inside a ``with`` block, then switch back.
+
+    It registers the subclass's ``implementation`` name in transformers' attention interface (the
+    sanctioned extension point: no model code is patched) and sets it on the model for the block.
+    """
+
+    implementation: str = "draftwise"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.previous: str | None = None
+
+    def __enter__(self) -> AttentionOverride:
+        AttentionInterface.register(self.implementation, _dispatch_override)
+        self.previous = self.model.config._attn_implementation
+        _OVERRIDES[id(self.model.config)] = self
+        self.model.set_attn_implementation(self.implementation)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _OVERRIDES.pop(id(self.model.config), None)
+        self.model.set_attn_implementation(self.previous)
+
+    def attention(self, module: nn.Module, query, key, value, attention_mask, **kwargs):
+        """Same contract as transformers' attention functions: returns ``(output [B, T, H, d], weights)``."""
+        raise NotImplementedError
+
+
+_OVERRIDES: dict[int, AttentionOverride] = {}
+
+
+def _dispatch_override(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    active = _OVERRIDES.get(id(module.config))
+    if active is None:
+        raise RuntimeError("a draftwise attention override was called outside its `with` block")
+    return active.attention(module, query, key, value, attention_mask, **kwargs)

@@ -2,7 +2,7 @@
 
 A ``DynamicCache`` layer holds the same length for every KV head, so heads that keep fewer pairs are
 padded, and the padding must never be attended to. :class:`HeadMaskedAttention` switches the model to
-:data:`HEAD_MASKED_ATTENTION` (registered in transformers' attention interface) while it decodes: it
+:data:`HEAD_MASKED_ATTENTION` (an :class:`~draftwise.attention.AttentionOverride`) while it decodes: it
 adds ``-inf`` at each layer's padded positions and calls the model's own ``eager`` or ``sdpa``
 attention. Flash attention takes no per-head mask, so it is refused with a clear error.
 """
@@ -13,37 +13,34 @@ import sys
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from draftwise.attention import AttentionOverride
 
 HEAD_MASKED_ATTENTION = "draftwise_head_masked"
 
 
-class HeadMaskedAttention:
+class HeadMaskedAttention(AttentionOverride):
     """While active, ``model`` ignores cache positions where ``valid[layer]`` ``[B, G, L]`` is False
     (positions past ``L``, the newly decoded tokens, are always valid)."""
 
+    implementation = HEAD_MASKED_ATTENTION
+
     def __init__(self, model: nn.Module, valid: dict[int, torch.Tensor]) -> None:
-        self.model, self.valid = model, valid
-        self._previous: str | None = None
+        super().__init__(model)
+        self.valid = valid
 
     def __enter__(self) -> HeadMaskedAttention:
-        self._previous = self.model.config._attn_implementation
-        if self._previous not in ("eager", "sdpa"):
+        implementation = self.model.config._attn_implementation
+        if implementation not in ("eager", "sdpa"):
             raise ValueError(
-                f"unequal per-head budgets (AdaKV) need 'eager' or 'sdpa' attention, not {self._previous!r}"
+                f"unequal per-head budgets (AdaKV) need 'eager' or 'sdpa' attention, not {implementation!r}"
             )
-        AttentionInterface.register(HEAD_MASKED_ATTENTION, _dispatch)
-        _ACTIVE[id(self.model.config)] = self
-        self.model.set_attn_implementation(HEAD_MASKED_ATTENTION)
+        super().__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        _ACTIVE.pop(id(self.model.config), None)
-        self.model.set_attn_implementation(self._previous)
-
     def inner(self, module: nn.Module):
-        if self._previous == "sdpa":
+        if self.previous == "sdpa":
             return ALL_ATTENTION_FUNCTIONS["sdpa"]
         return sys.modules[type(module).__module__].eager_attention_forward
 
@@ -58,21 +55,13 @@ class HeadMaskedAttention:
         hidden = torch.zeros(valid.shape, dtype=query.dtype, device=query.device)
         return hidden.masked_fill(~valid, torch.finfo(query.dtype).min).expand(-1, -1, query.shape[2], -1)
 
-
-_ACTIVE: dict[int, HeadMaskedAttention] = {}
-
-
-def _dispatch(module, query, key, value, attention_mask, **kwargs):
-    active = _ACTIVE.get(id(module.config))
-    if active is None:
-        raise RuntimeError(f"{HEAD_MASKED_ATTENTION} attention is only valid inside HeadMaskedAttention")
-    padding = active.mask(module, query, key)
-    if padding is not None:
-        if attention_mask is not None:
-            if attention_mask.dtype == torch.bool:
-                attention_mask = torch.zeros_like(padding).masked_fill(
-                    ~attention_mask, torch.finfo(query.dtype).min
-                )
-            padding = padding + attention_mask[..., -key.shape[2] :]
-        attention_mask = padding
-    return active.inner(module)(module, query, key, value, attention_mask, **kwargs)
+    def attention(self, module, query, key, value, attention_mask, **kwargs):
+        padding = self.mask(module, query, key)
+        if padding is not None:
+            if attention_mask is not None:
+                if attention_mask.dtype == torch.bool:
+                    blocked = torch.finfo(query.dtype).min
+                    attention_mask = torch.zeros_like(padding).masked_fill(~attention_mask, blocked)
+                padding = padding + attention_mask[..., -key.shape[2] :]
+            attention_mask = padding
+        return self.inner(module)(module, query, key, value, attention_mask, **kwargs)

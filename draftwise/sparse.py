@@ -2,8 +2,8 @@
 and KV head by the method's scorer, and to a "slash" band of the last ``S`` keys, cutting pre-fill
 attention from O(n²) to O(n·(V+S)).
 
-It runs through transformers' attention interface: :class:`SparsePrefill` registers
-:data:`SPARSE_ATTENTION` and switches the model to it for one forward pass, then switches back. Each
+It runs through transformers' attention interface: :class:`SparsePrefill` switches the model to
+:data:`SPARSE_ATTENTION` for one forward pass, then back. Each
 layer scores its keys with the observation queries (the window and the lookahead, the last
 ``observed`` positions of the pass), so the verticals are the keys SpecKV itself would rank highest.
 """
@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
 
-from draftwise.attention import attention_rows
+from draftwise.attention import AttentionOverride, attention_rows
 from draftwise.methods.base import KVMethod
 from draftwise.scoring import top_indices
 
@@ -79,7 +78,7 @@ def vertical_slash_attention(
     return out.reshape(batch, heads, length, -1).transpose(1, 2).contiguous()
 
 
-class SparsePrefill:
+class SparsePrefill(AttentionOverride):
     """While active, ``model``'s attention runs :func:`vertical_slash_attention`.
 
     Full-attention layers take ``vertical`` verticals ranked by ``method.score`` over the attention of
@@ -87,26 +86,19 @@ class SparsePrefill:
     their own window as the band, with no verticals (exactly their usual attention).
     """
 
+    implementation = SPARSE_ATTENTION
+
     def __init__(self, model: nn.Module, method: KVMethod, observed: int, vertical: int, slash: int) -> None:
-        self.model, self.method = model, method
-        self.observed, self.vertical, self.slash = observed, vertical, slash
-        self._previous: str | None = None
+        super().__init__(model)
+        self.method, self.observed, self.vertical, self.slash = method, observed, vertical, slash
 
-    def __enter__(self) -> SparsePrefill:
-        AttentionInterface.register(SPARSE_ATTENTION, _dispatch)
-        self._previous = self.model.config._attn_implementation
-        _ACTIVE[id(self.model.config)] = self
-        self.model.set_attn_implementation(SPARSE_ATTENTION)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _ACTIVE.pop(id(self.model.config), None)
-        self.model.set_attn_implementation(self._previous)
-
-    def attention(self, module: nn.Module, query, key, value, scaling: float, sliding_window: int | None):
+    def attention(
+        self, module, query, key, value, attention_mask, scaling=None, sliding_window=None, **kwargs
+    ):
+        scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
         softcap = getattr(module, "attn_logit_softcapping", None)
         if sliding_window:
-            return vertical_slash_attention(query, key, value, None, sliding_window, scaling, softcap)
+            return vertical_slash_attention(query, key, value, None, sliding_window, scaling, softcap), None
         n_keys = key.shape[2]
         observed = min(self.observed, query.shape[2])
         candidates = n_keys - observed
@@ -115,18 +107,4 @@ class SparsePrefill:
             positions = torch.arange(n_keys - observed, n_keys)
             rows = attention_rows(query[:, :, -observed:], key, positions, scaling, softcap)[..., :candidates]
             verticals = top_indices(self.method.score(rows, key[:, :, :candidates]), self.vertical)
-        return vertical_slash_attention(query, key, value, verticals, self.slash, scaling, softcap)
-
-
-_ACTIVE: dict[int, SparsePrefill] = {}
-
-
-def _dispatch(
-    module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None, **kwargs
-):
-    """The function transformers calls; finds the :class:`SparsePrefill` of the module's model."""
-    sparse = _ACTIVE.get(id(module.config))
-    if sparse is None:
-        raise RuntimeError(f"{SPARSE_ATTENTION} attention is only valid inside draftwise's SparsePrefill")
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    return sparse.attention(module, query, key, value, scale, sliding_window), None
+        return vertical_slash_attention(query, key, value, verticals, self.slash, scaling, softcap), None
