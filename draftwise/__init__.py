@@ -9,6 +9,7 @@ Five lines::
     print(out.text, out.stats)
 """
 
+from draftwise.draft import self_draft
 from draftwise.generate import GenerationResult, GenerationStats, generate
 from draftwise.methods import (
     H2O,
@@ -60,4 +61,5 @@ __all__ = [
     "generate",
     "load_default_pair",
     "load_model",
+    "self_draft",
 ]

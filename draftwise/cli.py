@@ -65,7 +65,11 @@ def _load(args):
 
     target, tokenizer = load_model(args.target, device=args.device)
     draft = None
-    if args.draft and args.draft.lower() != "none":
+    if args.draft and args.draft.lower() == "self":
+        from draftwise.draft import self_draft
+
+        draft = self_draft(target)
+    elif args.draft and args.draft.lower() != "none":
         draft, _ = load_model(args.draft, device=args.device)
     return target, draft, tokenizer
 
@@ -207,7 +211,11 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--target", default=DEFAULT_TARGET, help="embedded name, .gguf file, directory or hub id"
         )
-        p.add_argument("--draft", default=DEFAULT_DRAFT, help="as --target; 'none' for no draft")
+        p.add_argument(
+            "--draft",
+            default=DEFAULT_DRAFT,
+            help="as --target; 'self' for the target's first half (early exit); 'none'",
+        )
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
         p.add_argument("--max-new-tokens", type=int, default=64)
 
