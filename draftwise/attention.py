@@ -11,6 +11,7 @@ attention code.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 
 import torch
@@ -69,6 +70,7 @@ class QueryRecorder:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> QueryRecorder:
+        self._thread = threading.get_ident()
         for module in self.modules:
             if self.layers is None or module.layer_idx in self.layers:
                 self._handles.append(module.register_forward_hook(self._hook, with_kwargs=True))
@@ -80,7 +82,7 @@ class QueryRecorder:
         self._handles.clear()
 
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
-        if self.last <= 0:
+        if self.last <= 0 or threading.get_ident() != self._thread:  # another thread's forward pass
             return
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         cos, sin = kwargs["position_embeddings"] if "position_embeddings" in kwargs else args[1]

@@ -263,6 +263,12 @@ def parser() -> argparse.ArgumentParser:
     summary.add_argument("results")
     summary.set_defaults(func=cmd_bench_summary)
 
+    from draftwise.serve.main import add_serve_arguments
+
+    add_serve_arguments(
+        sub.add_parser("serve", help="an OpenAI-compatible HTTP server (127.0.0.1 by default)")
+    )
+
     plot = sub.add_parser("plot", help="PNG figures from a results file")
     plot.add_argument("results")
     plot.add_argument("--out", default="plots")

@@ -1,0 +1,125 @@
+"""The ``serve`` command: its arguments, and loading the models and running uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+
+from draftwise.methods import METHODS
+from draftwise.models import DEFAULT_DRAFT, DEFAULT_TARGET
+from draftwise.serve.limits import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_NEW_TOKENS_LIMIT,
+    DEFAULT_MAX_QUEUE,
+)
+
+log = logging.getLogger("draftwise.serve")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``serve`` options to ``parser`` (a sub-command's parser) and set ``func=serve``."""
+    parser.add_argument(
+        "--target", default=DEFAULT_TARGET, help="embedded name, .gguf file, directory or hub id"
+    )
+    parser.add_argument("--draft", default=DEFAULT_DRAFT, help="as --target; 'none' for no draft")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model-name", help="the name clients pass as `model` (default: --target)")
+    parser.add_argument("--method", choices=list(METHODS), default="speckv", help="default method")
+    parser.add_argument("--budget", type=int, help="default budget (method default if unset)")
+    parser.add_argument("--window", type=int, help="default window (method default if unset)")
+    parser.add_argument("--lookahead", type=int, help="default lookahead (method default if unset)")
+    parser.add_argument("--prompt-budget", type=int, help="speckvpc: default prompt budget")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="for requests without max_tokens")
+    parser.add_argument(
+        "--max-new-tokens-limit", type=int, default=DEFAULT_MAX_NEW_TOKENS_LIMIT,
+        help="the most max_tokens a request may ask for",
+    )  # fmt: skip
+    parser.add_argument("--temperature", type=float, default=0.0, help="for requests without one (0: greedy)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="for requests without one")
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=DEFAULT_MAX_CONCURRENCY,
+        help="generations run at once (1 for now)",
+    )
+    parser.add_argument(
+        "--max-queue", type=int, default=DEFAULT_MAX_QUEUE, help="requests waiting; beyond: 429"
+    )
+    parser.add_argument(
+        "--api-key", default=os.environ.get("DRAFTWISE_API_KEY"),
+        help="require 'Authorization: Bearer KEY' (default: $DRAFTWISE_API_KEY; none if unset)",
+    )  # fmt: skip
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    parser.set_defaults(func=serve)
+    return parser
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Load the models named by ``args`` and serve them until interrupted."""
+    import uvicorn
+
+    from draftwise.models import load_model
+    from draftwise.serve.app import create_app
+    from draftwise.serve.jobs import Defaults
+
+    defaults = {
+        "method": args.method,
+        "budget": args.budget,
+        "window": args.window,
+        "lookahead": args.lookahead,
+        "prompt_budget": args.prompt_budget,
+        "max_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+    }
+    Defaults.parse(defaults)  # bad options fail now, not after loading the models
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
+    if not args.api_key and not _is_loopback(args.host):
+        log.warning("listening on %s without an API key: anyone who can reach it can use it", args.host)
+    target, tokenizer = load_model(args.target, device=args.device)
+    draft = None
+    if args.draft and args.draft.lower() != "none":
+        draft, _ = load_model(args.draft, device=args.device)
+    app = create_app(
+        target,
+        draft,
+        tokenizer,
+        model_name=args.model_name or args.target,
+        defaults=defaults,
+        max_concurrency=args.max_concurrency,
+        max_queue=args.max_queue,
+        api_key=args.api_key,
+        max_body_bytes=args.max_body_bytes,
+        max_new_tokens_limit=args.max_new_tokens_limit,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m draftwise.serve``, until ``draftwise serve`` is wired into the CLI."""
+    parser = add_serve_arguments(argparse.ArgumentParser(prog="draftwise serve", description=__doc__))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as error:
+        print(f"draftwise serve: error: {error}", file=sys.stderr)
+        return 2

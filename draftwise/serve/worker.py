@@ -1,0 +1,194 @@
+"""Generations in worker threads: admitted up to a queue limit, run a few at a time, streamed as events.
+
+``generate`` is blocking torch code. :class:`Engine` runs each admitted :class:`Job` in a thread pool of
+``max_concurrency`` threads; a :class:`Generation` sends what its thread produces (:class:`Delta`, then
+:class:`Finished` or :class:`Failed`) to the event loop through an ``asyncio.Queue``. Cancelling a
+generation (its client went away) makes its next ``on_token`` raise, so the thread and its slot are freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from draftwise.generate import GenerationStats, generate, stop_token_ids
+from draftwise.methods import Method
+from draftwise.serve.text import TextStream
+
+
+@dataclass(frozen=True)
+class Job:
+    """One checked request: everything ``generate`` needs, and the stop strings."""
+
+    input_ids: torch.Tensor  # [1, n]
+    method: Method
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: str  # "stop" or "length"
+    completion_tokens: int
+    stats: GenerationStats | None  # None when a stop string ended generation early
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: Exception
+
+
+Event = Delta | Finished | Failed
+
+
+class Busy(Exception):
+    """Every slot is taken and the queue is full."""
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _StopString(Exception):
+    pass
+
+
+class Generation:
+    """One job's run: its thread side (:meth:`run`) and its event-loop side (:attr:`events`)."""
+
+    def __init__(self, engine: Engine, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine, self.job, self._loop = engine, job, loop
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop at the next token (or before starting); no more events come."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def _emit(self, event: Event) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the event loop is closed: the server is shutting down
+            self._cancelled.set()
+
+    def run(self) -> None:
+        """Generate in the calling (worker) thread, emitting events."""
+        engine, job = self.engine, self.job
+        text = TextStream(engine.tokenizer, job.stop)
+        count = 0
+
+        def on_token(token_id: int) -> None:
+            nonlocal count
+            if self._cancelled.is_set():
+                raise _Cancelled
+            count += 1
+            delta = text.feed(token_id)
+            if delta:
+                self._emit(Delta(delta))
+            if text.stopped:
+                raise _StopString
+
+        try:
+            result = generate(
+                engine.target,
+                engine.draft,
+                engine.tokenizer,
+                job.input_ids,
+                method=job.method,
+                max_new_tokens=job.max_tokens,
+                temperature=job.temperature,
+                top_p=job.top_p,
+                seed=job.seed,
+                on_token=on_token,
+            )
+        except _StopString:
+            self._emit(Finished("stop", count, None))
+            return
+        except _Cancelled:
+            return
+        except Exception as error:  # bad input found by generate, or a bug: the app decides
+            self._emit(Failed(error))
+            return
+        tail = text.finish()
+        if tail:
+            self._emit(Delta(tail))
+        ended = bool(result.token_ids) and result.token_ids[-1] in engine.eos_ids
+        reason = "stop" if text.stopped or ended else "length"
+        self._emit(Finished(reason, len(result.token_ids), result.stats))
+
+
+class Engine:
+    """Runs at most ``max_concurrency`` generations at once and admits at most ``max_queue`` more."""
+
+    def __init__(
+        self, target: nn.Module, draft: nn.Module | None, tokenizer, max_concurrency: int, max_queue: int
+    ) -> None:
+        if max_concurrency < 1 or max_queue < 0:
+            raise ValueError(
+                f"need max_concurrency >= 1 and max_queue >= 0, got {max_concurrency}, {max_queue}"
+            )
+        self.target, self.draft, self.tokenizer = target, draft, tokenizer
+        self.eos_ids = stop_token_ids(tokenizer, target)
+        self.max_concurrency, self.max_queue = max_concurrency, max_queue
+        self.admitted = 0  # running or waiting
+        self.running = 0
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="draftwise-generate")
+        self._tasks: set[asyncio.Task] = set()
+        self._generations: set[Generation] = set()
+
+    @property
+    def waiting(self) -> int:
+        return self.admitted - self.running
+
+    def submit(self, job: Job) -> Generation:
+        """Admit ``job`` and start it as soon as a slot is free; raise :class:`Busy` if the queue is full."""
+        if self.admitted >= self.max_concurrency + self.max_queue:
+            raise Busy(f"{self.running} requests are running and {self.waiting} waiting")
+        self.admitted += 1
+        generation = Generation(self, job, asyncio.get_running_loop())
+        task = asyncio.create_task(self._run(generation))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return generation
+
+    async def _run(self, generation: Generation) -> None:
+        self._generations.add(generation)
+        try:
+            async with self._slots:
+                if generation.cancelled:
+                    return
+                self.running += 1
+                try:
+                    await asyncio.get_running_loop().run_in_executor(self._pool, generation.run)
+                finally:
+                    self.running -= 1
+        except asyncio.CancelledError:
+            generation.cancel()
+            raise
+        finally:
+            self.admitted -= 1
+            self._generations.discard(generation)
+
+    def close(self) -> None:
+        """Cancel every generation and stop the threads (at their next token)."""
+        for generation in list(self._generations):
+            generation.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)

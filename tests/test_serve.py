@@ -1,0 +1,383 @@
+"""``draftwise serve``: the OpenAI-compatible server, run by uvicorn on loopback with tiny random models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import pytest
+from conftest import tiny_model, tiny_tokenizer
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+try:
+    import httpx2 as httpx  # the name httpx is published under in this environment
+except ImportError:  # pragma: no cover
+    httpx = pytest.importorskip("httpx")
+
+from draftwise.serve import add_serve_arguments, create_app, serve  # noqa: E402
+from draftwise.serve.text import TextStream  # noqa: E402
+
+MODEL = "tiny"
+KEY = "secret-key"
+LIMIT = 64  # max_new_tokens_limit of the test servers
+BODY_LIMIT = 64 * 1024
+PROMPT = " ".join(f"w{6 + i % 80}" for i in range(150))
+SHORT = " ".join(f"w{6 + i % 80}" for i in range(12))
+
+
+@contextmanager
+def running(app) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a background thread on a free loopback port; yield its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive(), "the server died while starting"
+        assert time.monotonic() < deadline, "the server did not start within 30 s"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_model("qwen2", seed=0), tiny_model("qwen2", seed=1, layers=2), tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def url(models) -> Iterator[str]:
+    target, draft, tokenizer = models
+    app = create_app(
+        target,
+        draft,
+        tokenizer,
+        model_name=MODEL,
+        defaults={"method": "full", "max_tokens": 8},
+        max_body_bytes=BODY_LIMIT,
+        max_new_tokens_limit=LIMIT,
+    )
+    with running(app) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def client(url) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def chat(content: str = PROMPT) -> list[dict]:
+    return [{"role": "user", "content": content}]
+
+
+@pytest.fixture(scope="module")
+def greedy(client) -> openai.types.chat.ChatCompletion:
+    return client.chat.completions.create(model=MODEL, messages=chat(), max_tokens=6, temperature=0)
+
+
+# ---- the OpenAI client ----
+
+
+def test_models(client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_chat(greedy):
+    choice = greedy.choices[0]
+    assert greedy.object == "chat.completion" and greedy.model == MODEL
+    assert choice.message.role == "assistant" and choice.message.content.strip()
+    assert choice.finish_reason in ("stop", "length")
+    usage = greedy.usage
+    assert usage.prompt_tokens > 150 and 1 <= usage.completion_tokens <= 6
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    extra = usage.model_extra
+    assert extra["method"] == "full" and extra["kv_pairs_kept"] == usage.prompt_tokens
+    assert extra["kv_bytes"] == extra["kv_bytes_full"] > 0 and extra["prefill_seconds"] >= 0
+
+
+def test_completion(client):
+    out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0)
+    assert out.object == "text_completion" and out.choices[0].text.strip()
+    assert out.usage.prompt_tokens == 150 and out.usage.completion_tokens <= 4
+
+
+def test_chat_stream_matches_non_streaming(client, greedy):
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=chat(),
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == greedy.choices[0].message.content
+    reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert reasons == [greedy.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == greedy.usage.completion_tokens
+
+
+def test_raw_stream_is_openai_sse(url):
+    body = {"model": MODEL, "messages": chat(SHORT), "max_tokens": 3, "stream": True}
+    response = httpx.post(url + CHAT, json=body, timeout=30)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [line for line in response.text.split("\n\n") if line]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all("role" not in c["choices"][0]["delta"] for c in chunks[1:])
+    assert chunks[-1]["choices"][0]["delta"] == {} and chunks[-1]["choices"][0]["finish_reason"]
+    assert len({c["id"] for c in chunks}) == 1
+
+
+def test_completion_stream(client):
+    whole = client.completions.create(model=MODEL, prompt=SHORT, max_tokens=5, temperature=0)
+    chunks = list(
+        client.completions.create(model=MODEL, prompt=SHORT, max_tokens=5, temperature=0, stream=True)
+    )
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_draftwise_field_picks_method_and_budget(client):
+    out = client.chat.completions.create(
+        model=MODEL,
+        messages=chat(),
+        max_tokens=4,
+        temperature=0,
+        extra_body={"draftwise": {"method": "speckv", "budget": 48, "window": 8}},
+    )
+    extra = out.usage.model_extra
+    assert extra["method"] == "speckv" and extra["kv_pairs_kept"] == 48
+    assert extra["kv_bytes"] < extra["kv_bytes_full"]
+
+
+def test_stop_string_cuts_the_text(client, greedy):
+    text = greedy.choices[0].message.content
+    words = text.split()
+    assert len(words) >= 3, f"the tiny model ended early: {text!r}"
+    stop = words[2]
+    expected = text[: text.index(stop)]
+    kwargs = dict(model=MODEL, messages=chat(), max_tokens=6, temperature=0, stop=[stop])
+    out = client.chat.completions.create(**kwargs)
+    assert out.choices[0].message.content == expected and out.choices[0].finish_reason == "stop"
+    streamed = client.chat.completions.create(**kwargs, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected
+
+
+def test_bad_request_through_the_client_is_a_bad_request_error(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=chat(), extra_body={"draftwise": {"budget": -1}})
+    assert "budget" in str(caught.value)
+
+
+# ---- bad input, over plain HTTP ----
+
+CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
+BAD = [
+    ("malformed JSON", CHAT, b'{"model": "tiny", "messages": [', 400, None),
+    ("unknown method", CHAT, {"draftwise": {"method": "nope"}}, 400, "draftwise"),
+    ("budget -1", CHAT, {"draftwise": {"method": "speckv", "budget": -1}}, 400, "draftwise"),
+    (
+        "budget below window",
+        CHAT,
+        {"draftwise": {"method": "speckv", "budget": 8, "window": 16}},
+        400,
+        "draftwise",
+    ),
+    ("unknown option", CHAT, {"draftwise": {"method": "full", "budget": 9}}, 400, "draftwise"),
+    ("empty messages", CHAT, {"messages": []}, 400, "messages"),
+    ("empty content", CHAT, {"messages": [{"role": "user", "content": " "}]}, 400, "messages"),
+    ("no messages", CHAT, {"messages": None}, 400, "messages"),
+    ("max_tokens 0", CHAT, {"max_tokens": 0}, 400, "max_tokens"),
+    ("max_tokens too large", CHAT, {"max_tokens": LIMIT + 1}, 400, "max_tokens"),
+    ("max_tokens a string", CHAT, {"max_tokens": "many"}, 400, "max_tokens"),
+    ("n 2", CHAT, {"n": 2}, 400, "n"),
+    ("negative temperature", CHAT, {"temperature": -1}, 400, "temperature"),
+    ("unknown model", CHAT, {"model": "gpt-5"}, 404, "model"),
+    ("beyond context", CHAT, {"messages": chat(" ".join(["w7"] * 1100))}, 400, "messages"),
+    ("empty prompt", TEXT, {"prompt": ""}, 400, "prompt"),
+    ("token id out of range", TEXT, {"prompt": [5, 100000]}, 400, "prompt"),
+    ("batch of prompts", TEXT, {"prompt": ["w7", "w8"]}, 400, "prompt"),
+    ("oversized body", TEXT, {"prompt": "w7 " * BODY_LIMIT}, 413, None),
+]
+
+
+@pytest.mark.parametrize("path, body, status, param", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_is_an_openai_error(url, path, body, status, param):
+    if isinstance(body, dict):
+        default = {"messages": chat(SHORT)} if path == CHAT else {"prompt": SHORT}
+        body = json.dumps({"model": MODEL, "max_tokens": 4, **default, **body}).encode()
+    start = time.monotonic()
+    response = httpx.post(url + path, content=body, headers={"Content-Type": "application/json"}, timeout=30)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    if param == "model":
+        assert error["code"] == "model_not_found"
+    if "context" in error["message"]:
+        assert error["code"] == "context_length_exceeded"
+        assert time.monotonic() - start < 5  # refused before any generation work
+
+
+def test_health_and_unknown_route(url):
+    assert httpx.get(url + "/health").json()["status"] == "ok"
+    response = httpx.get(url + "/v1/nothing")
+    assert response.status_code == 404 and response.json()["error"]["message"]
+
+
+# ---- the API key ----
+
+
+def test_api_key(models):
+    target, draft, tokenizer = models
+    app = create_app(target, draft, tokenizer, model_name=MODEL, defaults={"method": "full"}, api_key=KEY)
+    with running(app) as base:
+        assert httpx.get(base + "/v1/models").status_code == 401
+        wrong = httpx.get(base + "/v1/models", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+        body = {"model": MODEL, "messages": chat(SHORT)}
+        assert httpx.post(base + CHAT, json=body).status_code == 401
+        assert httpx.get(base + "/health").status_code == 200
+        good = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=60)
+        assert [m.id for m in good.models.list().data] == [MODEL]
+        out = good.chat.completions.create(model=MODEL, messages=chat(SHORT), max_tokens=2)
+        assert out.usage.completion_tokens >= 1
+
+
+# ---- admission: the queue limit and disconnecting clients ----
+
+
+@contextmanager
+def slow_server(models, max_queue: int, seconds_per_forward: float = 0.05) -> Iterator[str]:
+    """A server whose target sleeps before every forward pass, with one generation at a time."""
+    _, draft, tokenizer = models
+    target = tiny_model("qwen2", seed=0)
+    target.register_forward_pre_hook(lambda module, args: time.sleep(seconds_per_forward))
+    app = create_app(
+        target,
+        draft,
+        tokenizer,
+        model_name=MODEL,
+        defaults={"method": "full"},
+        max_concurrency=1,
+        max_queue=max_queue,
+        max_new_tokens_limit=1000,
+    )
+    with running(app) as base:
+        yield base
+
+
+def test_queue_limit_answers_429(models):
+    body = {"model": MODEL, "messages": chat(SHORT), "max_tokens": 30}
+    with slow_server(models, max_queue=1) as base, ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: httpx.post(base + CHAT, json=body, timeout=60), range(4)))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses, statuses
+    assert statuses.count(200) <= 2  # one running, one waiting
+    for response in responses:
+        if response.status_code == 429:
+            assert int(response.headers["Retry-After"]) >= 1
+            assert response.json()["error"]["code"] == "rate_limit_exceeded"
+        else:
+            assert response.json()["usage"]["completion_tokens"] >= 1
+
+
+def wait_for_free_slot(base: str, seconds: float = 10) -> httpx.Response:
+    """Post a short request until it is not refused as busy, for at most ``seconds``."""
+    short = {"model": MODEL, "messages": chat(SHORT), "max_tokens": 2}
+    deadline = time.monotonic() + seconds
+    while (response := httpx.post(base + CHAT, json=short, timeout=60)).status_code == 429:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return response
+
+
+def test_disconnect_mid_stream_frees_the_slot(models):
+    long = {"model": MODEL, "messages": chat(SHORT), "max_tokens": 400, "stream": True}
+    with slow_server(models, max_queue=0) as base:
+        with httpx.Client(timeout=60) as http, http.stream("POST", base + CHAT, json=long) as r:
+            assert r.status_code == 200
+            assert next(line for line in r.iter_lines() if line.startswith("data:"))  # under way
+        # Without the disconnect, the slot would stay taken for 400 tokens of at least 50 ms each.
+        response = wait_for_free_slot(base)
+        assert response.status_code == 200, response.text
+        assert httpx.get(base + "/health").json()["running"] == 0
+
+
+def test_client_giving_up_on_a_non_streaming_request_frees_the_slot(models):
+    long = {"model": MODEL, "messages": chat(SHORT), "max_tokens": 400}
+    with slow_server(models, max_queue=0) as base:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(base + CHAT, json=long, timeout=httpx.Timeout(60, read=1))
+        response = wait_for_free_slot(base)
+        assert response.status_code == 200, response.text
+
+
+# ---- pieces ----
+
+
+def test_text_stream_holds_back_and_cuts_at_stop_strings():
+    tokenizer = tiny_tokenizer()
+    ids = tokenizer(" ".join(f"w{i}" for i in (10, 11, 12, 13, 14))).input_ids
+    plain = TextStream(tokenizer)
+    assert "".join(plain.feed(i) for i in ids) + plain.finish() == "w10 w11 w12 w13 w14"
+    stream = TextStream(tokenizer, stop=["w12 w1"])
+    deltas = [stream.feed(i) for i in ids]
+    assert stream.stopped and "".join(deltas) + stream.finish() == "w10 w11 "
+    assert all("w12" not in d for d in deltas)
+
+
+def test_bad_defaults_fail_at_creation(models):
+    target, draft, tokenizer = models
+    with pytest.raises(ValueError, match="budget"):
+        create_app(target, draft, tokenizer, model_name=MODEL, defaults={"method": "speckv", "budget": -1})
+    with pytest.raises(ValueError, match="needs a draft"):
+        create_app(target, None, tokenizer, model_name=MODEL, defaults={"method": "speckv"})
+    with pytest.raises(ValueError, match="takes no option 'sinks'"):
+        create_app(target, draft, tokenizer, model_name=MODEL, defaults={"method": "speckv", "sinks": 4})
+    with pytest.raises(ValueError, match="max_concurrency must be 1"):
+        create_app(target, draft, tokenizer, model_name=MODEL, max_concurrency=2)
+
+
+def test_unexpected_error_is_a_json_500(models):
+    _, draft, tokenizer = models
+    target = tiny_model("qwen2", seed=0)
+
+    def broken(module, args):
+        raise RuntimeError("out of memory, say")
+
+    target.register_forward_pre_hook(broken)
+    app = create_app(target, draft, tokenizer, model_name=MODEL, defaults={"method": "full"})
+    with running(app) as base:
+        response = httpx.post(base + CHAT, json={"model": MODEL, "messages": chat(SHORT)}, timeout=30)
+        assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+        assert httpx.get(base + "/health").json()["running"] == 0
+
+
+def test_serve_arguments():
+    args = add_serve_arguments(argparse.ArgumentParser()).parse_args(["--method", "full", "--budget", "64"])
+    assert args.func is serve and args.host == "127.0.0.1" and args.max_concurrency == 1
+    assert (args.method, args.budget, args.max_new_tokens) == ("full", 64, 256)
