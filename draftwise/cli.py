@@ -61,17 +61,18 @@ def print_table(columns: dict[str, list[tuple[str, str]]]) -> None:
 
 
 def _load(args):
+    """``(target, draft, tokenizer, draft_tokenizer)`` from ``--target`` and ``--draft``."""
     from draftwise.models import load_model
 
     target, tokenizer = load_model(args.target, device=args.device)
-    draft = None
+    draft, draft_tokenizer = None, None
     if args.draft and args.draft.lower() == "self":
         from draftwise.draft import self_draft
 
         draft = self_draft(target)
     elif args.draft and args.draft.lower() != "none":
-        draft, _ = load_model(args.draft, device=args.device)
-    return target, draft, tokenizer
+        draft, draft_tokenizer = load_model(args.draft, device=args.device)
+    return target, draft, tokenizer, draft_tokenizer
 
 
 def cmd_setup(args) -> int:
@@ -104,7 +105,7 @@ def cmd_generate(args) -> int:
     else:
         context = Path(args.context_file).read_text() if args.context_file else ""
     content = "\n\n".join(part for part in (context, args.question or "") if part.strip())
-    target, draft, tokenizer = _load(args)
+    target, draft, tokenizer, draft_tokenizer = _load(args)
     prompt = [{"role": "user", "content": content}] if tokenizer.chat_template else content
     out = generate(
         target,
@@ -116,6 +117,7 @@ def cmd_generate(args) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
+        draft_tokenizer=draft_tokenizer,
     )
     if args.json:
         print(json.dumps({"text": out.text, "stats": out.stats.as_dict()}, indent=2))
@@ -130,7 +132,7 @@ def cmd_demo(args) -> int:
     from draftwise.bench.needle import needle_case
     from draftwise.generate import generate
 
-    target, draft, tokenizer = _load(args)
+    target, draft, tokenizer, draft_tokenizer = _load(args)
     case = needle_case(tokenizer, context_tokens=args.tokens, depth=args.depth, seed=args.seed)
     methods = [Full(), SpecKV(budget=args.budget)]
     columns = {}
@@ -138,7 +140,13 @@ def cmd_demo(args) -> int:
         label = f"{method.name}" + (f" (budget {method.budget})" if isinstance(method, Budgeted) else "")
         print(f"[{i}/{len(methods)}] {label} ...", file=sys.stderr, flush=True)
         out = generate(
-            target, draft, tokenizer, case.messages, method=method, max_new_tokens=args.max_new_tokens
+            target,
+            draft,
+            tokenizer,
+            case.messages,
+            method=method,
+            max_new_tokens=args.max_new_tokens,
+            draft_tokenizer=draft_tokenizer,
         )
         found = case.answer in out.text
         columns[label] = [
@@ -158,13 +166,16 @@ def _csv(kind):
 def cmd_bench_ruler(args) -> int:
     from draftwise.bench import ruler
     from draftwise.bench.harness import build_entries, read_records, run_ruler, summarize, summary_markdown
+    from draftwise.mapping import same_tokenizer
 
     entries = build_entries(args.methods, args.budgets, args.prompt_budgets)
     tasks = args.tasks or list(ruler.TASKS)
     unknown = [t for t in tasks if t not in ruler.TASKS]
     if unknown:
         raise ValueError(f"unknown RULER task(s) {', '.join(unknown)}; tasks: {', '.join(ruler.TASKS)}")
-    target, draft, tokenizer = _load(args)
+    target, draft, tokenizer, draft_tokenizer = _load(args)
+    if draft_tokenizer is not None and not same_tokenizer(tokenizer, draft_tokenizer):
+        raise ValueError("the RULER harness needs a draft that shares the target's tokenizer (for now)")
     for _ in run_ruler(
         target,
         draft,

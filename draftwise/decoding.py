@@ -128,3 +128,17 @@ def decode(
         if on_token is not None:
             on_token(int(token[0]))
     return torch.stack(tokens, dim=1)
+
+
+def stop_token_ids(tokenizer, model: nn.Module) -> set[int]:
+    """End-of-sequence ids from the tokenizer and the model's generation config."""
+    ids: set[int] = set()
+    for source in (
+        getattr(tokenizer, "eos_token_id", None),
+        getattr(model.generation_config, "eos_token_id", None),
+    ):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source is not None:
+            ids.update(int(i) for i in source)
+    return ids

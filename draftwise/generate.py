@@ -11,10 +11,12 @@ from torch import nn
 
 from draftwise.cache import cache_bytes, full_cache_bytes, kept_per_head
 from draftwise.checks import check_architecture, check_context, check_same_vocabulary
-from draftwise.decoding import Sampler, decode
+from draftwise.decoding import Sampler, decode, stop_token_ids
 from draftwise.draft import lookahead as draft_lookahead
+from draftwise.mapping import render, same_tokenizer, translate
 from draftwise.methods import Full, KVMethod, Method, PromptMethod, SpecKV, SpecKVPC, SpecPC
 from draftwise.prefill import prefill
+from draftwise.prompt import Across
 from draftwise.reuse import Reuse
 
 Prompt = str | Sequence[dict] | Sequence[int] | torch.Tensor
@@ -63,16 +65,13 @@ def encode(tokenizer, prompt: Prompt) -> torch.Tensor:
     if isinstance(prompt, str):
         if not prompt.strip():
             raise ValueError("the prompt is empty")
-        return tokenizer(prompt, return_tensors="pt").input_ids
-    if isinstance(prompt, Sequence) and prompt and all(isinstance(m, dict) for m in prompt):
+        return render(tokenizer, prompt).ids
+    if is_messages(prompt):
         if not any(str(m.get("content", "")).strip() for m in prompt):
             raise ValueError("the chat messages are empty")
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError("the tokenizer has no chat template: pass the prompt as plain text")
-        encoded = tokenizer.apply_chat_template(
-            list(prompt), add_generation_prompt=True, return_dict=True, return_tensors="pt"
-        )
-        return encoded["input_ids"]
+        return render(tokenizer, prompt).ids
     if isinstance(prompt, Sequence) and all(isinstance(t, int) for t in prompt):
         return torch.tensor([list(prompt)], dtype=torch.long)
     raise TypeError(
@@ -81,18 +80,8 @@ def encode(tokenizer, prompt: Prompt) -> torch.Tensor:
     )
 
 
-def stop_token_ids(tokenizer, model: nn.Module) -> set[int]:
-    """End-of-sequence ids from the tokenizer and the model's generation config."""
-    ids: set[int] = set()
-    for source in (
-        getattr(tokenizer, "eos_token_id", None),
-        getattr(model.generation_config, "eos_token_id", None),
-    ):
-        if isinstance(source, int):
-            ids.add(source)
-        elif source is not None:
-            ids.update(int(i) for i in source)
-    return ids
+def is_messages(prompt: object) -> bool:
+    return isinstance(prompt, Sequence) and bool(prompt) and all(isinstance(m, dict) for m in prompt)
 
 
 def _timed(fn, *args, **kwargs):
@@ -114,12 +103,14 @@ def generate(
     seed: int | None = None,
     on_token: Callable[[int], None] | None = None,
     reuse: Reuse | None = None,
+    draft_tokenizer=None,
 ) -> GenerationResult:
     """Generate an answer to ``prompt`` with ``target``, compressed by ``method`` with ``draft``'s help.
 
     Args:
         target: the model whose answer is wanted (a transformers causal LM).
-        draft: a smaller model sharing the target's tokenizer; needed by SpecKV, SpecPC, SpecKV-PC.
+        draft: a smaller model; needed by SpecKV, SpecPC, SpecKV-PC. It shares the target's
+            tokenizer, or comes with its own ``draft_tokenizer``.
         tokenizer: the target's tokenizer.
         prompt: text (tokenized as is), chat messages (through the chat template) or token ids.
         method: :class:`~draftwise.Full` (default), :class:`~draftwise.SpecKV`,
@@ -132,6 +123,9 @@ def generate(
         reuse: a :class:`~draftwise.reuse.Reuse` shared by calls on the same prompt (benchmarks): the
             target's plain pre-fill and the draft's lookaheads are computed once; answers are
             unchanged, and each call's seconds still include the shared work.
+        draft_tokenizer: the draft's tokenizer, when it is not the target's. The draft then reads the
+            prompt (text or messages) in its own format; SpecPC's scores reach the target's tokens
+            through the characters they cover, and SpecKV's lookahead through its text.
     """
     method = method if method is not None else Full()
     if not isinstance(method, Method):
@@ -146,11 +140,19 @@ def generate(
         raise ValueError("the prompt is empty")
     check_context(target, n, max_new_tokens, "target")
     compresses = method.compresses(n)
+    across = None  # the draft's own view of the prompt, when it has another tokenizer
     if method.needs_draft and compresses:
         if draft is None:
             raise ValueError(f"{method.name} needs a draft model; pass draft=...")
         check_architecture(draft, "draft")
-        check_same_vocabulary(target, draft)
+        if draft_tokenizer is not None and not same_tokenizer(tokenizer, draft_tokenizer):
+            if not (isinstance(prompt, str) or is_messages(prompt)):
+                raise ValueError("a draft with another tokenizer needs the prompt as text or chat messages")
+            across = Across(
+                tokenizer, draft_tokenizer, draft, render(tokenizer, prompt), render(draft_tokenizer, prompt)
+            )
+        else:
+            check_same_vocabulary(target, draft)
     stops = stop_token_ids(tokenizer, target)
     start = time.perf_counter()
 
@@ -158,15 +160,27 @@ def generate(
     prompt_stage = method.prompt_stage() if isinstance(method, SpecKVPC) else method
     kv_stage = method.kv_stage() if isinstance(method, SpecKVPC) else method
     if isinstance(prompt_stage, PromptMethod) and prompt_stage.compresses(n):
-        if isinstance(prompt_stage, SpecPC):
-            check_context(draft, n, prompt_stage.lookahead + 1, "draft")
-        compressed, seconds = _timed(prompt_stage.compress, draft, input_ids, stops)
+        if across is not None:
+            if not isinstance(prompt_stage, SpecPC):
+                raise ValueError(f"{prompt_stage.name} does not support a draft with another tokenizer yet")
+            check_context(draft, across.draft_length, prompt_stage.lookahead + 1, "draft")
+            compressed, seconds = _timed(across.compress_prompt, prompt_stage)
+        else:
+            if isinstance(prompt_stage, SpecPC):
+                check_context(draft, n, prompt_stage.lookahead + 1, "draft")
+            compressed, seconds = _timed(prompt_stage.compress, draft, input_ids, stops)
         kept_ids = input_ids[:, compressed.positions]
         lookahead_ids, draft_seconds = compressed.lookahead_ids, draft_seconds + seconds
+        if across is not None and lookahead_ids is not None:
+            lookahead_ids = translate(lookahead_ids, draft_tokenizer, tokenizer)
     shared = reuse if reuse is not None and kept_ids is input_ids else None
     if isinstance(kv_stage, KVMethod) and kv_stage.compresses(kept_ids.shape[1]):
         steps = kv_stage.lookahead_length(max_new_tokens)
-        if steps and lookahead_ids is None:
+        if steps and lookahead_ids is None and across is not None:
+            check_context(draft, across.draft_length, steps, "draft")
+            lookahead_ids, seconds = _timed(across.lookahead, steps)
+            draft_seconds += seconds
+        elif steps and lookahead_ids is None:
             check_context(draft, n, steps, "draft")
             if shared is not None:
                 lookahead_ids, seconds = shared.lookahead(draft, kept_ids, steps, stops)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import real_models_enabled
 
-from draftwise import Full, SpecKV, SpecKVPC, SpecPC, generate, load_default_pair
+from draftwise import Full, SpecKV, SpecKVPC, SpecPC, generate, load_default_pair, load_model
 from draftwise.bench.needle import needle_case
 from draftwise.decoding import decode
 from draftwise.draft import lookahead
@@ -55,4 +55,22 @@ def test_speckv_budget_256_retrieves_the_needle_at_4k(pair):
     assert out.stats.prompt_tokens >= 4000
     assert out.stats.kv_pairs_kept == 256
     assert out.stats.kv_fraction < 0.07
+    assert case.answer in out.text, out.text
+
+
+def test_cross_tokenizer_draft_retrieves_the_needle_at_4k(pair):
+    target, _, tokenizer = pair
+    draft, draft_tokenizer = load_model("smollm2-135m-instruct")
+    case = needle_case(tokenizer, context_tokens=4000, depth=0.5, seed=0)
+    out = generate(
+        target,
+        draft,
+        tokenizer,
+        case.messages,
+        method=SpecKVPC(kv_budget=256, prompt_budget=1024),
+        max_new_tokens=32,
+        draft_tokenizer=draft_tokenizer,
+    )
+    assert out.stats.prompt_tokens >= 4000 and out.stats.prompt_tokens_kept == 1024
+    assert out.stats.kv_pairs_kept == 256 and out.stats.lookahead_tokens > 0
     assert case.answer in out.text, out.text

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from draftwise.generate import GenerationStats, generate, stop_token_ids
+from draftwise.decoding import stop_token_ids
+from draftwise.generate import GenerationStats, generate
 from draftwise.methods import Method
 from draftwise.serve.text import TextStream
 

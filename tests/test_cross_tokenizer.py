@@ -1,0 +1,134 @@
+"""Drafts with another tokenizer: character alignment, score transfer, lookahead translation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
+
+from draftwise import Full, SpecKV, SpecKVPC, SpecPC, generate
+from draftwise.mapping import render, same_tokenizer, transfer_scores, translate
+from draftwise.models import resolve
+
+TRICKY = (
+    "Héllo  wörld — naïve café\n\n日本語のテキスト\t\ttabs,  spaces   and the needle-7391 inside. Don't stop."
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    return {
+        name: AutoTokenizer.from_pretrained(resolve(name))
+        for name in ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct", "gemma-3-270m")
+    }
+
+
+def tiny(config_class, vocab: int, seed: int):
+    torch.manual_seed(seed)
+    config = config_class(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct", "gemma-3-270m"])
+@pytest.mark.parametrize("as_chat", [False, True])
+def test_render_aligns_every_content_character(tokenizers, name, as_chat):
+    tokenizer = tokenizers[name]
+    prompt = [{"role": "user", "content": TRICKY}] if as_chat else TRICKY
+    view = render(tokenizer, prompt)
+    assert view.ids.shape[1] == len(view.offsets)
+    ((start, end),) = view.contents
+    assert view.text[start:end] == TRICKY
+    spans = view.content_spans()
+    covered = torch.zeros(len(TRICKY), dtype=torch.bool)
+    for span in spans:
+        if span is not None:
+            assert 0 <= span[0] < span[1] <= len(TRICKY)
+            covered[span[0] : span[1]] = True
+    assert covered.all(), "every content character (multi-byte, whitespace runs) belongs to a token"
+    # special and template tokens lie outside the content
+    specials = set(tokenizer.all_special_ids)
+    for token, span in zip(view.ids[0].tolist(), spans, strict=True):
+        if token in specials:
+            assert span is None
+
+
+def test_transfer_scores_carries_a_word_across_tokenizers(tokenizers):
+    source = render(tokenizers["smollm2-135m-instruct"], [{"role": "user", "content": TRICKY}])
+    target = render(tokenizers["qwen2.5-coder-0.5b-instruct"], [{"role": "user", "content": TRICKY}])
+    word = TRICKY.index("needle-7391")
+    scores = torch.zeros(source.ids.shape[1])
+    for i, span in enumerate(source.content_spans()):
+        if span is not None and span[0] < word + 11 and span[1] > word:
+            scores[i] = 1.0
+    moved = transfer_scores(source, scores, target)
+    for j, span in enumerate(target.content_spans()):
+        if span is None:
+            assert moved[j] == float("inf"), "template tokens are always kept"
+        elif span[0] < word + 11 and span[1] > word:
+            assert moved[j] == 1.0
+        elif span[1] <= word - 2 or span[0] >= word + 13:
+            assert moved[j] == 0.0
+
+
+def test_translate_and_same_tokenizer(tokenizers):
+    qwen, smol = tokenizers["qwen2.5-coder-0.5b-instruct"], tokenizers["smollm2-135m-instruct"]
+    ids = smol(" The magic number is 7391.", add_special_tokens=False, return_tensors="pt").input_ids
+    assert qwen.decode(translate(ids, smol, qwen)[0]) == " The magic number is 7391."
+    assert same_tokenizer(qwen, qwen) and not same_tokenizer(qwen, smol)
+
+
+@pytest.fixture(scope="module")
+def cross_pair(tokenizers):
+    qwen, smol = tokenizers["qwen2.5-coder-0.5b-instruct"], tokenizers["smollm2-135m-instruct"]
+    return tiny(Qwen2Config, len(qwen), 0), qwen, tiny(LlamaConfig, len(smol), 1), smol
+
+
+def test_cross_pair_with_budget_covering_prompt_gives_full_answer(cross_pair):
+    target, tokenizer, draft, draft_tokenizer = cross_pair
+    messages = [{"role": "user", "content": " ".join([TRICKY] * 6)}]
+    full = generate(target, None, tokenizer, messages, method=Full(), max_new_tokens=6)
+    for method in (
+        SpecKV(budget=4000, lookahead=5),
+        SpecPC(budget=4000, first_layer=1),
+        SpecKVPC(kv_budget=4000, prompt_budget=4000),
+    ):
+        out = generate(
+            target,
+            draft,
+            tokenizer,
+            messages,
+            method=method,
+            max_new_tokens=6,
+            draft_tokenizer=draft_tokenizer,
+        )
+        assert out.token_ids == full.token_ids, method
+
+
+def test_cross_pair_budgets_count_target_tokens(cross_pair):
+    target, tokenizer, draft, draft_tokenizer = cross_pair
+    messages = [{"role": "user", "content": " ".join([TRICKY] * 12)}]
+    kw = dict(max_new_tokens=3, draft_tokenizer=draft_tokenizer)
+    out = generate(
+        target, draft, tokenizer, messages, method=SpecPC(budget=120, window=16, first_layer=1), **kw
+    )
+    assert out.stats.prompt_tokens > 300 and out.stats.prompt_tokens_kept == 120
+    out = generate(target, draft, tokenizer, messages, method=SpecKV(budget=64, window=8, lookahead=6), **kw)
+    assert out.stats.kv_pairs_kept == 64 and out.stats.lookahead_tokens >= 1
+    out = generate(target, draft, tokenizer, messages, method=SpecKVPC(kv_budget=64, prompt_budget=200), **kw)
+    assert out.stats.prompt_tokens_kept == 200 and out.stats.kv_pairs_kept == 64
+
+
+def test_cross_pair_needs_text_prompts(cross_pair):
+    target, tokenizer, draft, draft_tokenizer = cross_pair
+    ids = tokenizer(" ".join([TRICKY] * 12)).input_ids
+    with pytest.raises(ValueError, match="text or chat messages"):
+        generate(target, draft, tokenizer, ids, method=SpecKV(budget=64), draft_tokenizer=draft_tokenizer)
