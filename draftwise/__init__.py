@@ -33,10 +33,12 @@ from draftwise.methods import (
     StreamingLLM,
 )
 from draftwise.models import load_default_pair, load_model
+from draftwise.prompt import CompressedText, compress_text
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompressedText",
     "H2O",
     "AdaKV",
     "METHODS",
@@ -58,6 +60,7 @@ __all__ = [
     "SpecKVPC",
     "SpecPC",
     "StreamingLLM",
+    "compress_text",
     "generate",
     "load_default_pair",
     "load_model",

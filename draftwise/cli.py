@@ -128,6 +128,21 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_compress(args) -> int:
+    from draftwise.models import load_model
+    from draftwise.prompt import compress_text
+
+    method = build_method("specpc", budget=args.budget, window=args.window, lookahead=args.lookahead)
+    text = sys.stdin.read()
+    if args.question:
+        text = text.rstrip("\n") + "\n\n" + args.question
+    draft, tokenizer = load_model(args.draft, device=args.device)
+    out = compress_text(draft, tokenizer, text, method)
+    sys.stdout.write(out.text)
+    print(f"draftwise: kept {out.tokens_kept} of {out.tokens} tokens", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from draftwise.bench.needle import needle_case
     from draftwise.generate import generate
@@ -247,6 +262,19 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int)
     gen.add_argument("--json", action="store_true", help="print the answer and stats as JSON")
     gen.set_defaults(func=cmd_generate)
+
+    squeeze = sub.add_parser(
+        "compress", help="SpecPC on stdin with the draft alone; compressed text on stdout"
+    )
+    squeeze.add_argument(
+        "--draft", default=DEFAULT_DRAFT, help="embedded name, .gguf file, directory or hub id"
+    )
+    squeeze.add_argument("--device", default="cpu")
+    squeeze.add_argument("--budget", type=int, default=1024, help="tokens to keep (draft's tokenizer)")
+    squeeze.add_argument("--window", type=int, help="last tokens always kept (64)")
+    squeeze.add_argument("--lookahead", type=int, help="draft tokens generated to score the prompt (1)")
+    squeeze.add_argument("--question", help="appended to the text before compressing (kept in the window)")
+    squeeze.set_defaults(func=cmd_compress)
 
     demo = sub.add_parser("demo", help="needle in a haystack: Full and SpecKV side by side")
     models(demo)

@@ -162,3 +162,30 @@ class Across:
         """The draft's lookahead, as the target's tokens ``[1, m]`` (re-tokenized from its text)."""
         ids = draft_lookahead(self.draft, self.draft_view.ids, steps, self.stop_ids())
         return translate(ids, self.draft_tokenizer, self.target_tokenizer)
+
+
+@dataclass
+class CompressedText:
+    """A prompt compressed as text, for a target served anywhere (an OpenAI-compatible engine)."""
+
+    text: str
+    tokens: int  # tokens of the original text (draft's tokenizer)
+    tokens_kept: int
+
+
+def compress_text(draft: nn.Module, tokenizer, text: str, method: SpecPC | None = None) -> CompressedText:
+    """SpecPC on plain text with the draft alone: the kept tokens, in order, decoded back to text.
+
+    End ``text`` with the question, so the window (the last ``method.window`` tokens) holds it and the
+    scores are query-aware. The budget counts the draft's tokens.
+    """
+    method = method if method is not None else SpecPC()
+    if not text.strip():
+        raise ValueError("the text to compress is empty")
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False).input_ids])
+    n = ids.shape[1]
+    if not method.compresses(n):
+        return CompressedText(text, n, n)
+    compressed = compress_prompt(draft, ids, method, stop_token_ids(tokenizer, draft))
+    kept = ids[0, compressed.positions].tolist()
+    return CompressedText(tokenizer.decode(kept), n, len(kept))

@@ -64,3 +64,19 @@ def test_build_method_defaults_and_overrides():
         build_method("magic")
     with pytest.raises(ValueError, match="snapkv takes no --sparse-prefill"):
         build_method("snapkv", sparse_prefill=True)
+
+
+def test_compress_reads_stdin_and_writes_the_kept_text(model_dirs, monkeypatch, capsys):
+    import io
+
+    words = " ".join(f"w{6 + i % 80}" for i in range(300))
+    monkeypatch.setattr("sys.stdin", io.StringIO(words))
+    code = main(
+        ["compress", "--draft", model_dirs["draft"], "--budget", "50", "--window", "8", "--question", "w9"]
+    )
+    assert code == 0
+    captured = capsys.readouterr()
+    kept = captured.out.split()
+    assert len(kept) == 50 and kept[-1] == "w9"
+    assert "kept 50 of 301 tokens" in captured.err
+    assert all(word in words.split() + ["w9"] for word in kept)
