@@ -12,11 +12,10 @@ from torch import nn
 from draftwise.cache import cache_bytes, full_cache_bytes, kept_per_head
 from draftwise.checks import check_architecture, check_context, check_same_vocabulary
 from draftwise.decoding import Sampler, decode, stop_token_ids
-from draftwise.draft import lookahead as draft_lookahead
-from draftwise.mapping import render, same_tokenizer, translate
+from draftwise.mapping import render, same_tokenizer
 from draftwise.methods import Full, KVMethod, Method, PromptMethod, SpecKV, SpecKVPC, SpecPC
 from draftwise.prefill import prefill
-from draftwise.prompt import Across
+from draftwise.readers import OwnTokens, SharedTokens
 from draftwise.reuse import Reuse
 
 Prompt = str | Sequence[dict] | Sequence[int] | torch.Tensor
@@ -140,7 +139,8 @@ def generate(
         raise ValueError("the prompt is empty")
     check_context(target, n, max_new_tokens, "target")
     compresses = method.compresses(n)
-    across = None  # the draft's own view of the prompt, when it has another tokenizer
+    stops = stop_token_ids(tokenizer, target)
+    reader: SharedTokens | OwnTokens = SharedTokens(draft, input_ids, stops, reuse)
     if method.needs_draft and compresses:
         if draft is None:
             raise ValueError(f"{method.name} needs a draft model; pass draft=...")
@@ -148,44 +148,25 @@ def generate(
         if draft_tokenizer is not None and not same_tokenizer(tokenizer, draft_tokenizer):
             if not (isinstance(prompt, str) or is_messages(prompt)):
                 raise ValueError("a draft with another tokenizer needs the prompt as text or chat messages")
-            across = Across(
-                tokenizer, draft_tokenizer, draft, render(tokenizer, prompt), render(draft_tokenizer, prompt)
-            )
+            reader = OwnTokens(draft, draft_tokenizer, tokenizer, prompt)
         else:
             check_same_vocabulary(target, draft)
-    stops = stop_token_ids(tokenizer, target)
     start = time.perf_counter()
 
     kept_ids, lookahead_ids, draft_seconds = input_ids, None, 0.0
     prompt_stage = method.prompt_stage() if isinstance(method, SpecKVPC) else method
     kv_stage = method.kv_stage() if isinstance(method, SpecKVPC) else method
     if isinstance(prompt_stage, PromptMethod) and prompt_stage.compresses(n):
-        if across is not None:
-            if not isinstance(prompt_stage, SpecPC):
-                raise ValueError(f"{prompt_stage.name} does not support a draft with another tokenizer yet")
-            check_context(draft, across.draft_length, prompt_stage.lookahead + 1, "draft")
-            compressed, seconds = _timed(across.compress_prompt, prompt_stage)
-        else:
-            if isinstance(prompt_stage, SpecPC):
-                check_context(draft, n, prompt_stage.lookahead + 1, "draft")
-            compressed, seconds = _timed(prompt_stage.compress, draft, input_ids, stops)
-        kept_ids = input_ids[:, compressed.positions]
-        lookahead_ids, draft_seconds = compressed.lookahead_ids, draft_seconds + seconds
-        if across is not None and lookahead_ids is not None:
-            lookahead_ids = translate(lookahead_ids, draft_tokenizer, tokenizer)
+        if isinstance(prompt_stage, SpecPC):
+            check_context(draft, reader.length, prompt_stage.lookahead + 1, "draft")
+        compressed, draft_seconds = reader.compress(prompt_stage)
+        kept_ids, lookahead_ids = input_ids[:, compressed.positions], compressed.lookahead_ids
     shared = reuse if reuse is not None and kept_ids is input_ids else None
     if isinstance(kv_stage, KVMethod) and kv_stage.compresses(kept_ids.shape[1]):
         steps = kv_stage.lookahead_length(max_new_tokens)
-        if steps and lookahead_ids is None and across is not None:
-            check_context(draft, across.draft_length, steps, "draft")
-            lookahead_ids, seconds = _timed(across.lookahead, steps)
-            draft_seconds += seconds
-        elif steps and lookahead_ids is None:
-            check_context(draft, n, steps, "draft")
-            if shared is not None:
-                lookahead_ids, seconds = shared.lookahead(draft, kept_ids, steps, stops)
-            else:
-                lookahead_ids, seconds = _timed(draft_lookahead, draft, kept_ids, steps, stops)
+        if steps and lookahead_ids is None:
+            check_context(draft, reader.length, steps, "draft")
+            lookahead_ids, seconds = reader.lookahead(steps)
             draft_seconds += seconds
         lookahead_ids = lookahead_ids if steps else None
         taken = 0 if lookahead_ids is None else lookahead_ids.shape[1]

@@ -12,8 +12,6 @@ from transformers import DynamicCache
 from draftwise.attention import QueryRecorder, attention_modules, module_attention_rows
 from draftwise.cache import prunable_layers
 from draftwise.decoding import decode, stop_token_ids
-from draftwise.draft import lookahead as draft_lookahead
-from draftwise.mapping import Rendered, transfer_scores, translate
 from draftwise.methods.specpc import SpecPC
 from draftwise.scoring import smooth
 
@@ -131,37 +129,6 @@ def compress_prompt(
     scores, lookahead_ids = specpc_scores(draft, input_ids, method, stop_ids)
     positions = select_tokens(scores.cpu(), method.budget, method.window, method.neighbourhood)
     return CompressedPrompt(positions=positions, lookahead_ids=lookahead_ids, scores=scores)
-
-
-@dataclass
-class Across:
-    """A draft with another tokenizer, reading the prompt its own way (see :mod:`draftwise.mapping`)."""
-
-    target_tokenizer: object
-    draft_tokenizer: object
-    draft: nn.Module
-    target_view: Rendered
-    draft_view: Rendered
-
-    @property
-    def draft_length(self) -> int:
-        return self.draft_view.ids.shape[1]
-
-    def stop_ids(self) -> set[int]:
-        return stop_token_ids(self.draft_tokenizer, self.draft)
-
-    def compress_prompt(self, method: SpecPC) -> CompressedPrompt:
-        """SpecPC with the draft's scores carried to the target's tokens; budget and window are counted
-        in target tokens. The lookahead is in the draft's tokens."""
-        scores, lookahead_ids = specpc_scores(self.draft, self.draft_view.ids, method, self.stop_ids())
-        target_scores = transfer_scores(self.draft_view, scores, self.target_view)
-        positions = select_tokens(target_scores, method.budget, method.window, method.neighbourhood)
-        return CompressedPrompt(positions=positions, lookahead_ids=lookahead_ids, scores=target_scores)
-
-    def lookahead(self, steps: int) -> torch.Tensor | None:
-        """The draft's lookahead, as the target's tokens ``[1, m]`` (re-tokenized from its text)."""
-        ids = draft_lookahead(self.draft, self.draft_view.ids, steps, self.stop_ids())
-        return translate(ids, self.draft_tokenizer, self.target_tokenizer)
 
 
 @dataclass

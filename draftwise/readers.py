@@ -1,0 +1,80 @@
+"""How the draft reads the prompt: in the target's own tokens, or in its own (another tokenizer).
+
+A reader gives :func:`draftwise.generate` the two things a draft is for, in the target's tokens:
+the prompt positions a prompt method keeps, and a lookahead answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from draftwise.decoding import stop_token_ids
+from draftwise.draft import lookahead
+from draftwise.mapping import Rendered, transfer_scores, translate
+from draftwise.methods.base import PromptMethod
+from draftwise.methods.specpc import SpecPC
+from draftwise.prompt import CompressedPrompt, select_tokens, specpc_scores
+from draftwise.reuse import Reuse
+
+
+class SharedTokens:
+    """A draft that reads the target's token ids ``[1, n]`` (the same tokenizer)."""
+
+    def __init__(
+        self, draft: nn.Module | None, input_ids: torch.Tensor, stop_ids: Iterable[int], reuse: Reuse | None
+    ) -> None:
+        self.draft, self.input_ids, self.stop_ids, self.reuse = draft, input_ids, set(stop_ids), reuse
+
+    @property
+    def length(self) -> int:
+        return self.input_ids.shape[1]
+
+    def compress(self, method: PromptMethod) -> tuple[CompressedPrompt, float]:
+        start = time.perf_counter()
+        compressed = method.compress(self.draft, self.input_ids, self.stop_ids)
+        return compressed, time.perf_counter() - start
+
+    def lookahead(self, steps: int) -> tuple[torch.Tensor | None, float]:
+        if self.reuse is not None:
+            return self.reuse.lookahead(self.draft, self.input_ids, steps, self.stop_ids)
+        start = time.perf_counter()
+        ids = lookahead(self.draft, self.input_ids, steps, self.stop_ids)
+        return ids, time.perf_counter() - start
+
+
+class OwnTokens:
+    """A draft with its own tokenizer, reading the prompt its own way (see :mod:`draftwise.mapping`)."""
+
+    def __init__(self, draft: nn.Module, draft_tokenizer, tokenizer, prompt) -> None:
+        from draftwise.mapping import render
+
+        self.draft, self.draft_tokenizer, self.tokenizer = draft, draft_tokenizer, tokenizer
+        self.target_view: Rendered = render(tokenizer, prompt)
+        self.draft_view: Rendered = render(draft_tokenizer, prompt)
+        self.stop_ids = stop_token_ids(draft_tokenizer, draft)
+
+    @property
+    def length(self) -> int:
+        return self.draft_view.ids.shape[1]
+
+    def compress(self, method: PromptMethod) -> tuple[CompressedPrompt, float]:
+        """SpecPC with the draft's scores carried to the target's tokens (budget and window count
+        target tokens); the lookahead comes back re-tokenized for the target."""
+        if not isinstance(method, SpecPC):
+            raise ValueError(f"{method.name} does not support a draft with another tokenizer yet")
+        start = time.perf_counter()
+        scores, guess = specpc_scores(self.draft, self.draft_view.ids, method, self.stop_ids)
+        target_scores = transfer_scores(self.draft_view, scores, self.target_view)
+        positions = select_tokens(target_scores, method.budget, method.window, method.neighbourhood)
+        guess = translate(guess, self.draft_tokenizer, self.tokenizer)
+        return CompressedPrompt(positions, guess, target_scores), time.perf_counter() - start
+
+    def lookahead(self, steps: int) -> tuple[torch.Tensor | None, float]:
+        """The draft's lookahead as the target's tokens ``[1, m]``, re-tokenized from its text."""
+        start = time.perf_counter()
+        ids = lookahead(self.draft, self.draft_view.ids, steps, self.stop_ids)
+        return translate(ids, self.draft_tokenizer, self.tokenizer), time.perf_counter() - start
