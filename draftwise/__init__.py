@@ -9,57 +9,20 @@ Five lines::
     print(out.text, out.stats)
 """
 
+from draftwise import methods as _methods
 from draftwise.draft import self_draft
 from draftwise.generate import GenerationResult, GenerationStats, generate
-from draftwise.methods import (
-    H2O,
-    METHODS,
-    TOVA,
-    AdaKV,
-    Full,
-    HeadTail,
-    KeyDiff,
-    KNorm,
-    KVMethod,
-    Method,
-    Perplexity,
-    PromptMethod,
-    PyramidKV,
-    RandomDrop,
-    SnapKV,
-    SpecKV,
-    SpecKVPC,
-    SpecPC,
-    StreamingLLM,
-)
+from draftwise.methods import *  # noqa: F403  (every method is public API)
 from draftwise.models import load_default_pair, load_model
 from draftwise.prompt import CompressedText, compress_text
 
 __version__ = "0.1.0"
 
 __all__ = [
+    *_methods.__all__,
     "CompressedText",
-    "H2O",
-    "AdaKV",
-    "METHODS",
-    "TOVA",
-    "Full",
     "GenerationResult",
     "GenerationStats",
-    "HeadTail",
-    "KNorm",
-    "KVMethod",
-    "KeyDiff",
-    "Method",
-    "Perplexity",
-    "PromptMethod",
-    "PyramidKV",
-    "RandomDrop",
-    "SnapKV",
-    "SpecKV",
-    "SpecKVPC",
-    "SpecPC",
-    "StreamingLLM",
     "compress_text",
     "generate",
     "load_default_pair",

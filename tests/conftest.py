@@ -37,8 +37,8 @@ COMMON = dict(
 )
 
 
-def tiny_config(arch: str, layers: int = 3):
-    common = {**COMMON, "num_hidden_layers": layers}
+def tiny_config(arch: str, layers: int = 3, vocab: int = VOCAB):
+    common = {**COMMON, "num_hidden_layers": layers, "vocab_size": vocab}
     if arch == "llama":
         return LlamaConfig(**common)
     if arch == "qwen2":

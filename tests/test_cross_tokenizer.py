@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
+from conftest import tiny_config
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from draftwise import Full, SpecKV, SpecKVPC, SpecPC, generate
 from draftwise.mapping import render, same_tokenizer, transfer_scores, translate
@@ -23,18 +24,9 @@ def tokenizers():
     }
 
 
-def tiny(config_class, vocab: int, seed: int):
+def tiny(arch: str, vocab: int, seed: int):
     torch.manual_seed(seed)
-    config = config_class(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-    )
+    config = tiny_config(arch, layers=2, vocab=vocab)
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
 
 
@@ -89,7 +81,7 @@ def test_translate_and_same_tokenizer(tokenizers):
 @pytest.fixture(scope="module")
 def cross_pair(tokenizers):
     qwen, smol = tokenizers["qwen2.5-coder-0.5b-instruct"], tokenizers["smollm2-135m-instruct"]
-    return tiny(Qwen2Config, len(qwen), 0), qwen, tiny(LlamaConfig, len(smol), 1), smol
+    return tiny("qwen2", len(qwen), 0), qwen, tiny("llama", len(smol), 1), smol
 
 
 def test_cross_pair_with_budget_covering_prompt_gives_full_answer(cross_pair):

@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+from conftest import tiny_config
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from draftwise.bench.harness import build_entries, read_records, run_ruler, summarize, summary_markdown
 from draftwise.bench.plot import plot_results
@@ -22,16 +23,7 @@ def qwen_tokenizer():
 
 def tiny_qwen(tokenizer, seed: int, layers: int):
     torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-    )
+    config = tiny_config("qwen2", layers=layers, vocab=len(tokenizer))
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
 
 
