@@ -21,9 +21,11 @@ from draftwise.serve.limits import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_NEW_TOKENS_LIMIT,
     DEFAULT_MAX_QUEUE,
+    DEFAULT_UPSTREAM_TIMEOUT,
     RETRY_AFTER_SECONDS,
 )
 from draftwise.serve.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from draftwise.serve.upstream import create_upstream_app
 from draftwise.serve.worker import Busy, Delta, Engine, Event, Failed, Finished, Generation, Job
 
 DISCONNECT_POLL_SECONDS = 0.25
@@ -109,17 +111,21 @@ async def _complete(watched: _Watched, first: Event, formatter: Formatter, promp
 
 
 def create_app(
-    target: nn.Module,
+    target: nn.Module | None,
     draft: nn.Module | None,
     tokenizer,
     *,
-    model_name: str,
+    model_name: str | None = None,
     defaults: Mapping[str, Any] | None = None,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     max_queue: int = DEFAULT_MAX_QUEUE,
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_new_tokens_limit: int = DEFAULT_MAX_NEW_TOKENS_LIMIT,
+    upstream: str | None = None,
+    upstream_model: str | None = None,
+    upstream_api_key: str | None = None,
+    upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT,
 ) -> FastAPI:
     """An OpenAI-compatible app serving ``target`` (helped by ``draft``) under the name ``model_name``.
 
@@ -133,13 +139,16 @@ def create_app(
         api_key: if set, every route but ``/health`` needs ``Authorization: Bearer <api_key>``.
         max_body_bytes: larger request bodies get 413.
         max_new_tokens_limit: the most ``max_tokens`` a request may ask for.
+        upstream: upstream mode: the base URL (``http://host:port/v1``) of an OpenAI-compatible server.
+            Only ``draft`` runs here (``target`` is ``None``): each request's prompt (chat: the last user
+            message) is compressed with SpecPC and the request forwarded there; see
+            :mod:`draftwise.serve.upstream`. ``model_name`` and ``max_new_tokens_limit`` do not apply.
+        upstream_model: the ``model`` sent upstream in place of the client's.
+        upstream_api_key: the key sent upstream; without it the client's ``Authorization`` is passed on.
+        upstream_timeout: seconds to wait for the upstream (connecting, and between bytes read).
     Raises:
         ValueError: bad defaults or limits, or a default method that needs a draft when there is none.
     """
-    settings = Defaults.parse(defaults)
-    default_method = settings.build_method(None)
-    if default_method.needs_draft and draft is None:
-        raise ValueError(f"the default method {default_method.name} needs a draft model")
     if max_concurrency != 1:
         # QueryRecorder's hooks sit on the shared attention modules and record every thread's forward
         # passes, so two compressed generations at once would score each other's queries.
@@ -149,6 +158,28 @@ def create_app(
         )
     if max_body_bytes < 1 or max_new_tokens_limit < 1:
         raise ValueError("max_body_bytes and max_new_tokens_limit must be positive")
+    if upstream is not None:
+        if target is not None:
+            raise ValueError("upstream mode runs only the draft: pass target=None")
+        return create_upstream_app(
+            draft,
+            tokenizer,
+            upstream=upstream,
+            upstream_model=upstream_model,
+            upstream_api_key=upstream_api_key,
+            upstream_timeout=upstream_timeout,
+            defaults=defaults,
+            max_concurrency=max_concurrency,
+            max_queue=max_queue,
+            api_key=api_key,
+            max_body_bytes=max_body_bytes,
+        )
+    if target is None or model_name is None:
+        raise ValueError("a target model and its model_name are needed (or an upstream URL)")
+    settings = Defaults.parse(defaults)
+    default_method = settings.build_method(None)
+    if default_method.needs_draft and draft is None:
+        raise ValueError(f"the default method {default_method.name} needs a draft model")
     engine = Engine(target, draft, tokenizer, max_concurrency, max_queue)
     started = int(time.time())
 

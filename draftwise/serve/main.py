@@ -15,6 +15,7 @@ from draftwise.serve.limits import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_NEW_TOKENS_LIMIT,
     DEFAULT_MAX_QUEUE,
+    DEFAULT_UPSTREAM_TIMEOUT,
 )
 
 log = logging.getLogger("draftwise.serve")
@@ -30,7 +31,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model-name", help="the name clients pass as `model` (default: --target)")
-    parser.add_argument("--method", choices=list(METHODS), default="speckv", help="default method")
+    parser.add_argument(
+        "--method", choices=list(METHODS), default=None,
+        help="default method (speckv; specpc with --upstream, where only specpc and full are valid)",
+    )  # fmt: skip
     parser.add_argument("--budget", type=int, help="default budget (method default if unset)")
     parser.add_argument("--window", type=int, help="default window (method default if unset)")
     parser.add_argument("--lookahead", type=int, help="default lookahead (method default if unset)")
@@ -59,6 +63,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
+    parser.add_argument(
+        "--upstream", metavar="URL",
+        help="upstream mode: load only --draft, compress prompts with SpecPC and forward the requests "
+        "to this OpenAI-compatible server (e.g. http://127.0.0.1:8001/v1)",
+    )  # fmt: skip
+    parser.add_argument("--upstream-model", help="upstream mode: the `model` to send (default: the client's)")
+    parser.add_argument(
+        "--upstream-api-key", default=os.environ.get("DRAFTWISE_UPSTREAM_API_KEY"),
+        help="upstream mode: key sent upstream (default: $DRAFTWISE_UPSTREAM_API_KEY; else the client's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--upstream-timeout", type=float, default=DEFAULT_UPSTREAM_TIMEOUT,
+        help="upstream mode: seconds to wait for the upstream server",
+    )  # fmt: skip
     parser.set_defaults(func=serve)
     return parser
 
@@ -80,8 +98,9 @@ def serve(args: argparse.Namespace) -> int:
     from draftwise.serve.app import create_app
     from draftwise.serve.jobs import Defaults
 
+    upstream = getattr(args, "upstream", None)
     defaults = {
-        "method": args.method,
+        "method": args.method or ("specpc" if upstream else "speckv"),
         "budget": args.budget,
         "window": args.window,
         "lookahead": args.lookahead,
@@ -94,6 +113,26 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
     if not args.api_key and not _is_loopback(args.host):
         log.warning("listening on %s without an API key: anyone who can reach it can use it", args.host)
+    if upstream:
+        if not args.draft or args.draft.lower() == "none":
+            raise ValueError("--upstream needs a --draft model to compress prompts with")
+        draft, tokenizer = load_model(args.draft, device=args.device)
+        app = create_app(
+            None,
+            draft,
+            tokenizer,
+            defaults=defaults,
+            max_concurrency=args.max_concurrency,
+            max_queue=args.max_queue,
+            api_key=args.api_key,
+            max_body_bytes=args.max_body_bytes,
+            upstream=upstream,
+            upstream_model=args.upstream_model,
+            upstream_api_key=args.upstream_api_key,
+            upstream_timeout=args.upstream_timeout,
+        )
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        return 0
     target, tokenizer = load_model(args.target, device=args.device)
     draft = None
     if args.draft and args.draft.lower() != "none":
