@@ -181,7 +181,8 @@ def generate(
         filled, prefill_seconds = _timed(prefill, target, kept_ids)
     kv_bytes = cache_bytes(filled.cache)
     kv_pairs = kept_per_head(filled.cache, filled.valid)
-    time_to_first_token = time.perf_counter() - start
+    # With `reuse`, the shared pre-fill and lookahead ran before `start`; their seconds count as if alone.
+    time_to_first_token = max(time.perf_counter() - start, draft_seconds + prefill_seconds)
 
     tokens, decode_seconds = _timed(
         decode,
@@ -209,7 +210,7 @@ def generate(
         prefill_seconds=prefill_seconds,
         decode_seconds=decode_seconds,
         time_to_first_token=time_to_first_token,
-        total_seconds=time.perf_counter() - start,
+        total_seconds=time_to_first_token + decode_seconds,
     )
     text = tokenizer.decode(token_ids, skip_special_tokens=True)
     return GenerationResult(text=text, token_ids=token_ids, stats=stats)

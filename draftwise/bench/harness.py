@@ -191,20 +191,28 @@ def summarize(records: list[dict]) -> dict:
             summary["retained"][label] = statistics.mean(scores[t] for t in common) / statistics.mean(
                 full[t] for t in common
             )
-        summary["cost"][label] = {
-            key: statistics.mean(r[key] for r in rows)
-            for key in (
-                "kv_fraction",
-                "kv_bytes",
-                "draft_seconds",
-                "prefill_seconds",
-                "decode_seconds",
-                "total_seconds",
-            )
-        }
+        keys = (
+            "kv_fraction",
+            "kv_bytes",
+            "draft_seconds",
+            "prefill_seconds",
+            "decode_seconds",
+            "total_seconds",
+        )
+        summary["cost"][label] = {key: _mean([r.get(key) for r in rows]) for key in keys}
         summary["cost"][label]["peak_rss_mib"] = max(r["peak_rss_mib"] for r in rows)
         summary["cost"][label]["samples"] = len(rows)
     return summary
+
+
+def _mean(values: list) -> float | None:
+    """Mean of the measured values (``None`` marks a quantity a record did not measure)."""
+    measured = [v for v in values if v is not None]
+    return statistics.mean(measured) if measured else None
+
+
+def _cell(value: float | None, spec: str, scale: float = 1.0) -> str:
+    return "n/a" if value is None else format(scale * value, spec)
 
 
 def summary_markdown(summary: dict) -> str:
@@ -223,9 +231,15 @@ def summary_markdown(summary: dict) -> str:
     for label in labels:
         c = summary["cost"][label]
         retained = summary["retained"].get(label)
-        lines.append(
-            f"| {label} | {c['samples']} | {'' if retained is None else f'{retained:.3f}'} | "
-            f"{100 * c['kv_fraction']:.1f}% | {c['draft_seconds']:.1f} | {c['prefill_seconds']:.1f} | "
-            f"{c['decode_seconds']:.1f} | {c['total_seconds']:.1f} | {c['peak_rss_mib']:.0f} |"
-        )
+        cells = [
+            str(c["samples"]),
+            _cell(retained, ".3f"),
+            _cell(c["kv_fraction"], ".1f", 100) + "%",
+            *(
+                _cell(c[k], ".1f")
+                for k in ("draft_seconds", "prefill_seconds", "decode_seconds", "total_seconds")
+            ),
+            _cell(c["peak_rss_mib"], ".0f"),
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
