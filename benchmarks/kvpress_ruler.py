@@ -72,6 +72,8 @@ def main() -> None:
         str(p)
         for p in sorted((models.cache_dir() / "converted").glob("qwen2.5-coder-1.5b-instruct-*bfloat16"))
     )
+    import kvpress  # noqa: F401  (registers the kv-press-text-generation pipeline)
+
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16).eval()
     pipe = pipeline("kv-press-text-generation", model=model, tokenizer=tokenizer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -193,8 +194,16 @@ def convert_gguf(gguf: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    _drop_quantization_config(partial / "config.json")
     partial.replace(out)
     return out
+
+
+def _drop_quantization_config(path: Path) -> None:
+    """Remove the ``quantization_config: null`` left by the GGUF loader (older transformers reject it)."""
+    config = json.loads(path.read_text())
+    if config.pop("quantization_config", "absent") is None:
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def resolve(spec: str, dtype: torch.dtype = torch.bfloat16) -> str:
