@@ -46,7 +46,7 @@ def plot_results(results: str | Path, out_dir: str | Path) -> list[Path]:
     plt.close(fig)
 
     tasks, labels = summary["tasks"], summary["labels"]
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(tasks) + 2), 4.2), dpi=150)
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(tasks) + 2), 5.0), dpi=150)
     width = 0.8 / len(labels)
     for i, label in enumerate(labels):
         xs = [t + (i - (len(labels) - 1) / 2) * width for t in range(len(tasks))]
@@ -54,7 +54,7 @@ def plot_results(results: str | Path, out_dir: str | Path) -> list[Path]:
     ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=6, ncol=3)
+    ax.legend(fontsize=6, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.32), frameon=False)
     fig.tight_layout()
     second = out_dir / "accuracy_per_task.png"
     fig.savefig(second)
