@@ -102,3 +102,26 @@ def test_summary_and_plot_commands(tmp_path, capsys):
     assert "| speckv@256 | 50.0 | 50.0 |" in printed and "0.500" in printed
     assert main(["plot", str(out), "--out", str(tmp_path / "figs")]) == 0
     assert (tmp_path / "figs" / "accuracy_vs_budget.png").is_file()
+
+
+def test_plots_compare_only_the_tasks_every_method_answered(tmp_path):
+    base = {
+        "length": 4096,
+        "index": 0,
+        "prediction": "",
+        "answers": ["X"],
+        "peak_rss_mib": 1.0,
+        "kv_fraction": 1.0,
+    }
+    rows = [
+        {**base, "task": "vt", "label": "full", "method": "full", "budget": None, "score": 1.0},
+        {**base, "task": "qa_1", "label": "full", "method": "full", "budget": None, "score": 0.0},
+        {**base, "task": "vt", "label": "snapkv@256", "method": "snapkv", "budget": 256, "score": 1.0},
+    ]
+    out = tmp_path / "r.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len(plot_results(out, tmp_path / "figs")) == 2
+    rows.append({**base, "task": "cwe", "label": "knorm@256", "method": "knorm", "budget": 256, "score": 0.0})
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="share no task"):
+        plot_results(out, tmp_path / "figs")

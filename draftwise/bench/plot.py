@@ -10,7 +10,10 @@ from draftwise.bench.harness import read_records, summarize
 
 
 def plot_results(results: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write ``accuracy_vs_budget.png`` and ``accuracy_per_task.png`` into ``out_dir``; return their paths."""
+    """Write ``accuracy_vs_budget.png`` and ``accuracy_per_task.png`` into ``out_dir``; return their paths.
+
+    Only the tasks every method in the file answered are plotted, so averages compare like with like.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,6 +22,14 @@ def plot_results(results: str | Path, out_dir: str | Path) -> list[Path]:
     records = read_records(results)
     if not records:
         raise ValueError(f"no records in {results}")
+    # Compare like with like: only the tasks every method answered.
+    tasks_of: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        tasks_of[r["label"]].add(r["task"])
+    common = set.intersection(*tasks_of.values())
+    if not common:
+        raise ValueError("the methods in this file share no task; plot them from separate files")
+    records = [r for r in records if r["task"] in common]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(records)
@@ -37,7 +48,7 @@ def plot_results(results: str | Path, out_dir: str | Path) -> list[Path]:
         ax.axhline(summary["overall"]["full"], color="black", linestyle="--", linewidth=1, label="full")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("budget (KV pairs per head, or prompt tokens)")
-    ax.set_ylabel("RULER accuracy (%)")
+    ax.set_ylabel(f"RULER accuracy (%), {len(common)} tasks")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
