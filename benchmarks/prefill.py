@@ -4,6 +4,10 @@ Runs each configuration on the same needle prompt in one process and reports rat
 pre-fill. Usage (after scripts/setup.sh):
 
     .venv/bin/python benchmarks/prefill.py --lengths 4096 8192 --sizes 1024 --out docs/results/prefill.md
+    python benchmarks/prefill.py --device cuda --lengths 4096 16384 32000 --repeats 5 --out prefill-gpu.md
+
+On a GPU each configuration is warmed up once, timed ``--repeats`` times (median, synchronized), and
+its peak GPU memory is the allocator's peak during one run.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import platform
 import resource
+import statistics
 import sys
 import time
 
@@ -36,14 +41,18 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024], help="vertical = slash sizes to try")
     parser.add_argument("--budget", type=int, default=256)
     parser.add_argument("--lookahead", type=int, default=24, help="lookahead tokens appended (random ids)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per row (median)")
     parser.add_argument("--out", help="write a Markdown report here")
     args = parser.parse_args()
 
-    target, tokenizer = load_model(args.target)
+    cuda = torch.device(args.device).type == "cuda"
+    target, tokenizer = load_model(args.target, device=args.device)
     rows = []
     for length in args.lengths:
-        ids = encode(tokenizer, needle_case(tokenizer, context_tokens=length).messages)
+        ids = encode(tokenizer, needle_case(tokenizer, context_tokens=length).messages).to(args.device)
         guess = torch.randint(0, 1000, (1, args.lookahead), generator=torch.Generator().manual_seed(0))
+        guess = guess.to(args.device)
         configs = [("dense pre-fill + SpecKV pruning", SpecKV(budget=args.budget))]
         configs += [
             (
@@ -55,18 +64,26 @@ def main() -> None:
         baseline = None
         for label, method in configs:
             print(f"[{length}] {label} ...", file=sys.stderr, flush=True)
-            start = time.perf_counter()
-            filled = prefill(target, ids, method, guess)
-            seconds = time.perf_counter() - start
-            top = int(filled.logits.argmax())
+            if cuda:  # warm-up: kernels, allocator
+                prefill(target, ids, method, guess)
+                torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                filled = prefill(target, ids, method, guess)
+                if cuda:
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+                top = int(filled.logits.argmax())
+                del filled
+            seconds = statistics.median(times)
             baseline = baseline or (seconds, top)
-            rows.append(
-                (ids.shape[1], label, seconds, seconds / baseline[0], top == baseline[1], peak_rss_mib())
-            )
-            del filled
+            memory = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
+            rows.append((ids.shape[1], label, seconds, seconds / baseline[0], top == baseline[1], memory))
 
+    memory = "peak GPU MiB" if cuda else "peak RSS MiB"
     lines = [
-        "| prompt tokens | configuration | pre-fill s | ratio to dense | same first token | peak RSS MiB |",
+        f"| prompt tokens | configuration | pre-fill s | ratio to dense | same first token | {memory} |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
@@ -78,13 +95,20 @@ def main() -> None:
     if args.out:
         command = " ".join(["python", *sys.argv])
         machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        if cuda:
+            machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
         with open(args.out, "w") as handle:
             handle.write(
                 "# Pre-fill: dense vs SpecKV sparse pre-fill\n\n"
-                f"- Command: `{command}`\n- Target: {args.target}, bfloat16, CPU ({machine}).\n"
-                f"- Budget {args.budget}, {args.lookahead} lookahead tokens; one run per row, one process.\n"
-                "- Peak RSS is the process's peak so far (it only grows down the table).\n\n"
-                f"{table}\n"
+                f"- Command: `{command}`\n- Target: {args.target}, bfloat16, {args.device} ({machine}).\n"
+                f"- Budget {args.budget}, {args.lookahead} lookahead tokens; median of {args.repeats} "
+                "run(s) per row, one process.\n"
+                + (
+                    "- Peak GPU memory: the allocator's peak over the timed runs of the row.\n\n"
+                    if cuda
+                    else "- Peak RSS is the process's peak so far (it only grows down the table).\n\n"
+                )
+                + f"{table}\n"
             )
 
 

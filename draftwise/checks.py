@@ -46,3 +46,17 @@ def check_same_vocabulary(target: nn.Module, draft: nn.Module) -> None:
             f"the draft's vocabulary ({d} tokens) differs from the target's ({t} tokens): draftwise "
             "needs a draft that shares the target's tokenizer (cross-tokenizer drafts are not supported yet)"
         )
+
+
+def kv_cache_bytes(model: nn.Module, tokens: int) -> int:
+    """Bytes of keys and values ``model`` holds for ``tokens`` tokens with nothing dropped (sliding-window
+    layers hold at most their window), from its config and weights' dtype."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    window = getattr(config, "sliding_window", None)
+    kinds = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    element = next(model.parameters()).element_size()
+    held = sum(min(tokens, window) if kind == "sliding_attention" and window else tokens for kind in kinds)
+    return 2 * held * kv_heads * head_dim * element

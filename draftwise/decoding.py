@@ -61,7 +61,7 @@ def decode(
     sampler: Sampler | None = None,
     stop_ids: Iterable[int] = (),
     feed_last: bool = False,
-    on_token: Callable[[int], None] | None = None,
+    on_token: Callable[[int], bool | None] | None = None,
     valid: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` tokens (batch of one) from ``cache``.
@@ -73,8 +73,9 @@ def decode(
         stop_ids: tokens that end generation (kept in the output).
         feed_last: also run the model on the last token, so the cache (and any query recorder) sees
             every generated token.
-        on_token: called with each new token id as soon as it is chosen (for streaming); an
-            exception it raises stops generation.
+        on_token: called with each new token id as soon as it is chosen (for streaming). If it
+            returns ``True`` generation ends after that token (a stop string was reached); an
+            exception it raises stops generation and propagates.
         valid: per layer, the mask ``[1, G, L]`` of real (not padding) cache positions, for caches
             whose heads keep unequal counts (AdaKV).
     Returns:
@@ -98,8 +99,7 @@ def decode(
     device = first_logits.device
     token = sampler(first_logits)
     tokens = [token]
-    if on_token is not None:
-        on_token(int(token[0]))
+    halted = on_token is not None and on_token(int(token[0])) is True
     position = start_position
     # A new token sees every cached key, in every layer. Eager attention would otherwise get a mask
     # sized from the first layer's cache, wrong for layers pruned to other lengths (PyramidKV); a
@@ -108,7 +108,7 @@ def decode(
     if model.config._attn_implementation == "eager":
         visible = torch.zeros(1, 1, 1, 1, dtype=model.dtype, device=model.device)
     while True:
-        done = len(tokens) >= max_new_tokens or int(token[0]) in stop
+        done = halted or len(tokens) >= max_new_tokens or int(token[0]) in stop
         if done and not feed_last:
             break
         position_ids = torch.tensor([[position]], device=device)
@@ -125,8 +125,7 @@ def decode(
             break
         token = sampler(out.logits[:, -1].to(device))
         tokens.append(token)
-        if on_token is not None:
-            on_token(int(token[0]))
+        halted = on_token is not None and on_token(int(token[0])) is True
     return torch.stack(tokens, dim=1)
 
 

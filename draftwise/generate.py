@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -17,6 +16,7 @@ from draftwise.methods import Full, KVMethod, Method, PromptMethod, SpecKV, Spec
 from draftwise.prefill import prefill
 from draftwise.readers import OwnTokens, SharedTokens
 from draftwise.reuse import Reuse
+from draftwise.timing import now
 
 Prompt = str | Sequence[dict] | Sequence[int] | torch.Tensor
 
@@ -84,9 +84,9 @@ def is_messages(prompt: object) -> bool:
 
 
 def _timed(fn, *args, **kwargs):
-    start = time.perf_counter()
+    start = now()
     result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start
+    return result, now() - start
 
 
 @torch.no_grad()
@@ -100,7 +100,7 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | None = None,
-    on_token: Callable[[int], None] | None = None,
+    on_token: Callable[[int], bool | None] | None = None,
     reuse: Reuse | None = None,
     draft_tokenizer=None,
 ) -> GenerationResult:
@@ -117,8 +117,9 @@ def generate(
             (:class:`~draftwise.SnapKV`, :class:`~draftwise.StreamingLLM`, ...).
         max_new_tokens: most tokens to generate; generation stops early at an end-of-sequence token.
         temperature, top_p, seed: sampling; ``temperature=0`` (default) is greedy.
-        on_token: called with each new token id as soon as it is chosen, for streaming; an exception
-            it raises (a client went away) stops generation and propagates.
+        on_token: called with each new token id as soon as it is chosen, for streaming; returning
+            ``True`` ends generation after that token (a stop string), and an exception it raises (a
+            client went away) stops generation and propagates.
         reuse: a :class:`~draftwise.reuse.Reuse` shared by calls on the same prompt (benchmarks): the
             target's plain pre-fill and the draft's lookaheads are computed once; answers are
             unchanged, and each call's seconds still include the shared work.
@@ -151,7 +152,7 @@ def generate(
             reader = OwnTokens(draft, draft_tokenizer, tokenizer, prompt)
         else:
             check_same_vocabulary(target, draft)
-    start = time.perf_counter()
+    start = now()
 
     kept_ids, lookahead_ids, draft_seconds = input_ids, None, 0.0
     prompt_stage = method.prompt_stage() if isinstance(method, SpecKVPC) else method
@@ -182,7 +183,7 @@ def generate(
     kv_bytes = cache_bytes(filled.cache)
     kv_pairs = kept_per_head(filled.cache, filled.valid)
     # With `reuse`, the shared pre-fill and lookahead ran before `start`; their seconds count as if alone.
-    time_to_first_token = max(time.perf_counter() - start, draft_seconds + prefill_seconds)
+    time_to_first_token = max(now() - start, draft_seconds + prefill_seconds)
 
     tokens, decode_seconds = _timed(
         decode,

@@ -55,14 +55,21 @@ def render(tokenizer, prompt: str | Sequence[dict]) -> Rendered:
 
     Text is tokenized as is (with the tokenizer's own special tokens); chat messages go through the
     chat template, or, for a model without one (a base model), become their contents joined by blank
-    lines, with the tokenizer's own special tokens (such as BOS).
+    lines, with the tokenizer's own special tokens (such as BOS). Messages ending with an assistant
+    message are continued from it (the start of the answer, such as RULER's answer prefix).
     """
     if isinstance(prompt, str):
         text, special, contents = prompt, True, [prompt]
     else:
         contents = [str(m.get("content", "")) for m in prompt]
         if getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+            answering = prompt[-1].get("role") == "assistant"
+            text = tokenizer.apply_chat_template(
+                list(prompt),
+                tokenize=False,
+                add_generation_prompt=not answering,
+                continue_final_message=answering,
+            )
             special = False
         else:
             text, special = "\n\n".join(contents), True

@@ -6,7 +6,6 @@ the prompt positions a prompt method keeps, and a lookahead answer.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
 import torch
@@ -19,6 +18,7 @@ from draftwise.methods.base import PromptMethod
 from draftwise.methods.specpc import SpecPC
 from draftwise.prompt import CompressedPrompt, select_tokens, specpc_scores
 from draftwise.reuse import Reuse
+from draftwise.timing import now
 
 
 class SharedTokens:
@@ -34,16 +34,16 @@ class SharedTokens:
         return self.input_ids.shape[1]
 
     def compress(self, method: PromptMethod) -> tuple[CompressedPrompt, float]:
-        start = time.perf_counter()
+        start = now()
         compressed = method.compress(self.draft, self.input_ids, self.stop_ids)
-        return compressed, time.perf_counter() - start
+        return compressed, now() - start
 
     def lookahead(self, steps: int) -> tuple[torch.Tensor | None, float]:
         if self.reuse is not None:
             return self.reuse.lookahead(self.draft, self.input_ids, steps, self.stop_ids)
-        start = time.perf_counter()
+        start = now()
         ids = lookahead(self.draft, self.input_ids, steps, self.stop_ids)
-        return ids, time.perf_counter() - start
+        return ids, now() - start
 
 
 class OwnTokens:
@@ -66,15 +66,15 @@ class OwnTokens:
         target tokens); the lookahead comes back re-tokenized for the target."""
         if not isinstance(method, SpecPC):
             raise ValueError(f"{method.name} does not support a draft with another tokenizer yet")
-        start = time.perf_counter()
+        start = now()
         scores, guess = specpc_scores(self.draft, self.draft_view.ids, method, self.stop_ids)
         target_scores = transfer_scores(self.draft_view, scores, self.target_view)
         positions = select_tokens(target_scores, method.budget, method.window, method.neighbourhood)
         guess = translate(guess, self.draft_tokenizer, self.tokenizer)
-        return CompressedPrompt(positions, guess, target_scores), time.perf_counter() - start
+        return CompressedPrompt(positions, guess, target_scores), now() - start
 
     def lookahead(self, steps: int) -> tuple[torch.Tensor | None, float]:
         """The draft's lookahead as the target's tokens ``[1, m]``, re-tokenized from its text."""
-        start = time.perf_counter()
+        start = now()
         ids = lookahead(self.draft, self.draft_view.ids, steps, self.stop_ids)
-        return translate(ids, self.draft_tokenizer, self.tokenizer), time.perf_counter() - start
+        return translate(ids, self.draft_tokenizer, self.tokenizer), now() - start

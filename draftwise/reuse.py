@@ -8,7 +8,6 @@ had run alone.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 from draftwise.draft import lookahead
 from draftwise.methods.base import KVMethod
 from draftwise.prefill import Observed, Prefill, compress, observe
+from draftwise.timing import now
 
 
 class Reuse:
@@ -36,9 +36,9 @@ class Reuse:
     ) -> tuple[torch.Tensor, float]:
         """The draft's ``steps``-token lookahead and the seconds it took (computed once per length)."""
         if steps not in self._lookaheads:
-            start = time.perf_counter()
+            start = now()
             ids = lookahead(draft, input_ids, steps, stop_ids)
-            self._lookaheads[steps] = (ids, time.perf_counter() - start)
+            self._lookaheads[steps] = (ids, now() - start)
         return self._lookaheads[steps]
 
     def prefill(
@@ -50,9 +50,9 @@ class Reuse:
     ) -> tuple[Prefill, float]:
         """``method``'s pre-fill from a copy of the shared one, and its seconds (shared part included)."""
         if self._observed is None:
-            start = time.perf_counter()
+            start = now()
             self._observed = observe(target, input_ids, self.last)
-            self._observe_seconds = time.perf_counter() - start
+            self._observe_seconds = now() - start
         elif self._observed.prompt_length != input_ids.shape[1]:
             raise ValueError("a Reuse serves one prompt; this one differs from the first")
         n = input_ids.shape[1]
@@ -60,6 +60,6 @@ class Reuse:
             raise ValueError(
                 f"{method.name} observes {method.observed(n)} queries; Reuse recorded {self.last}"
             )
-        start = time.perf_counter()
+        start = now()
         filled = compress(target, self._observed, method, lookahead_ids, copy=True)
-        return filled, self._observe_seconds + time.perf_counter() - start
+        return filled, self._observe_seconds + now() - start

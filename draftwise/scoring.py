@@ -47,3 +47,17 @@ def top_indices(scores: torch.Tensor, count: int) -> torch.Tensor:
     count = min(count, scores.shape[-1])
     ranked = scores.argsort(dim=-1, descending=True, stable=True)
     return ranked[..., :count].sort(dim=-1).values
+
+
+def caote_correction(rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """CAOTE's eviction error (arXiv 2504.14051) for attention ``rows`` ``[B, G, g, q, k]`` over all ``k``
+    keys with ``values`` ``[B, G, k, d]``: each weight ``a`` of a key with value ``v`` becomes
+    ``a / (1 - a) * ||v - o||``, the change its eviction makes to the attention output
+    ``o = rows @ values``."""
+    v = values.float()[:, :, None]  # [B, G, 1, k, d]
+    out = rows @ v  # [B, G, g, q, d]
+    squared = (
+        v.square().sum(-1)[..., None, :] - 2 * out @ v.transpose(-1, -2) + out.square().sum(-1, keepdim=True)
+    )
+    distance = squared.clamp_min(0).sqrt()
+    return rows / (1 - rows).clamp_min(1e-6) * distance

@@ -24,9 +24,8 @@ from draftwise.cache import kept_per_head
 from draftwise.cli import build_method
 from draftwise.methods.perplexity import surprisal
 from draftwise.methods.pyramidkv import pyramid_budgets
-from draftwise.methods.snapkv import caote_correction
 from draftwise.prefill import prefill
-from draftwise.scoring import top_indices
+from draftwise.scoring import caote_correction, top_indices
 
 
 def kept(method, keys: torch.Tensor) -> list[int]:
@@ -102,21 +101,24 @@ def eager_attention(model, ids):
         return model(input_ids=ids, output_attentions=True).attentions  # per layer [B, H, n, n]
 
 
-def test_tova_and_h2o_keep_what_eager_attention_says():
+@pytest.mark.parametrize("caote", [False, True])
+def test_tova_and_h2o_keep_what_eager_attention_says(caote):
     target = tiny_model("qwen2")
     n, window, budget = 50, 4, 20
     ids = torch.tensor([random_ids(n, seed=11)])
     attentions = eager_attention(target, ids)
     groups = target.config.num_key_value_heads
-    for method, reduce in (
-        (TOVA(budget=budget, window=window), lambda a: a[:, :, -1:].sum(2)),
-        (H2O(budget=budget, window=window), lambda a: a.sum(2)),
+    full = prefill(target, ids)
+    for method, queries in (
+        (TOVA(budget=budget, window=window, caote=caote), slice(n - 1, n)),
+        (H2O(budget=budget, window=window, caote=caote), slice(0, n)),
     ):
         pruned = prefill(target, ids, method)
-        full = prefill(target, ids)
         for layer, attention in enumerate(attentions):
-            per_head = reduce(attention.float())[..., : n - window]  # [B, H, prefix]
-            per_group = per_head.view(1, groups, -1, n - window).sum(2)
+            rows = attention.float()[:, :, queries].unflatten(1, (groups, -1))  # [B, G, g, q, n]
+            if caote:
+                rows = caote_correction(rows, full.cache.layers[layer].values)
+            per_group = rows.sum(dim=(2, 3))[..., : n - window]
             expected = top_indices(per_group, budget - window)
             original = full.cache.layers[layer].keys
             index = expected[..., None].expand(-1, -1, -1, original.shape[-1])

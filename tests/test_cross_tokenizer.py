@@ -124,3 +124,43 @@ def test_cross_pair_needs_text_prompts(cross_pair):
     ids = tokenizer(" ".join([TRICKY] * 12)).input_ids
     with pytest.raises(ValueError, match="text or chat messages"):
         generate(target, draft, tokenizer, ids, method=SpecKV(budget=64), draft_tokenizer=draft_tokenizer)
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct", "gemma-3-270m"])
+def test_render_continues_an_assistant_answer(tokenizers, name):
+    answer = "Answer: the special magic number is"
+    messages = [{"role": "user", "content": TRICKY}, {"role": "assistant", "content": answer}]
+    view = render(tokenizers[name], messages)
+    assert view.text.rstrip().endswith(answer), "the answer is left open for the model to continue"
+    assert [view.text[s:e] for s, e in view.contents] == [TRICKY, answer]
+    if tokenizers[name].chat_template:
+        asking = render(tokenizers[name], messages[:1]).text
+        assert view.text.startswith(asking), "the answer follows the user turn's generation prompt"
+
+
+def test_ruler_harness_with_a_draft_of_another_tokenizer(cross_pair, tmp_path):
+    from draftwise.bench.harness import build_entries, read_records, run_ruler
+
+    target, tokenizer, draft, draft_tokenizer = cross_pair
+    entries = build_entries(["full", "speckv", "specpc"], [64], [256])
+    out = tmp_path / "cross.jsonl"
+    records = list(
+        run_ruler(
+            target,
+            draft,
+            tokenizer,
+            entries,
+            tasks=["niah_single_1"],
+            lengths=[512],
+            samples=1,
+            out=out,
+            max_new_tokens=3,
+            progress=False,
+            draft_tokenizer=draft_tokenizer,
+        )
+    )
+    assert [r["label"] for r in records] == ["full", "speckv@64", "specpc@256"]
+    assert records[1]["kv_pairs_kept"] == 64 and records[1]["lookahead_tokens"] >= 1
+    assert records[2]["prompt_tokens_kept"] == 256
+    assert len({r["prompt_tokens"] for r in records}) == 1
+    assert read_records(out) == records

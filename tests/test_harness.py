@@ -78,6 +78,10 @@ def test_run_resumes_where_it_stopped_and_summarizes(qwen_tokenizer, tmp_path):
 
     summary = summarize(records)
     assert summary["labels"][0] == "full" and set(summary["labels"]) == {e.label for e in entries}
+    assert summary["cost"]["full"]["same_as_full"] == 1.0
+    full = {r["index"]: r["prediction"] for r in records if r["label"] == "full"}
+    snap = [r["prediction"] == full[r["index"]] for r in records if r["label"] == "snapkv@64"]
+    assert summary["cost"]["snapkv@64"]["same_as_full"] == sum(snap) / len(snap)
     assert summary["cost"]["specpc@256"]["samples"] == 2
     table = summary_markdown(summary)
     assert "| full |" in table and "retained vs full" in table

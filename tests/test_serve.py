@@ -21,6 +21,7 @@ try:
 except ImportError:  # pragma: no cover
     httpx = pytest.importorskip("httpx")
 
+from draftwise.checks import kv_cache_bytes  # noqa: E402
 from draftwise.serve import add_serve_arguments, create_app, serve  # noqa: E402
 from draftwise.serve.text import TextStream  # noqa: E402
 
@@ -157,6 +158,9 @@ def test_stop_string_cuts_the_text(client, greedy):
     kwargs = dict(model=MODEL, messages=chat(), max_tokens=6, temperature=0, stop=[stop])
     out = client.chat.completions.create(**kwargs)
     assert out.choices[0].message.content == expected and out.choices[0].finish_reason == "stop"
+    extras = out.usage.model_extra
+    assert extras["prompt_tokens_kept"] >= 1 and "time_to_first_token" in extras, "stats survive the stop"
+    assert out.usage.completion_tokens < greedy.usage.completion_tokens
     streamed = client.chat.completions.create(**kwargs, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected
 
@@ -357,3 +361,28 @@ def test_serve_arguments():
     args = add_serve_arguments(argparse.ArgumentParser()).parse_args(["--method", "full", "--budget", "64"])
     assert args.func is serve and args.host == "127.0.0.1" and args.max_concurrency == 1
     assert (args.method, args.budget, args.max_new_tokens) == ("full", 64, 256)
+
+
+def test_request_over_the_memory_limit_is_refused_before_any_work(models):
+    target, draft, tokenizer = models
+    per_token = kv_cache_bytes(target, 1)
+    assert kv_cache_bytes(target, 10) == 10 * per_token > 0
+    app = create_app(
+        target,
+        draft,
+        tokenizer,
+        model_name=MODEL,
+        defaults={"method": "full"},
+        max_request_bytes=40 * per_token,
+    )
+    with running(app) as base:
+        ok = {"model": MODEL, "prompt": "w1 w2 w3", "max_tokens": 4}
+        assert httpx.post(base + TEXT, json=ok, timeout=30).status_code == 200
+        big = {**ok, "prompt": " ".join(f"w{i % 50}" for i in range(60))}
+        response = httpx.post(base + TEXT, json=big, timeout=30)
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["code"] == "request_too_large" and error["param"] == "prompt"
+        assert "MiB of KV cache" in error["message"]
+        response = httpx.post(base + TEXT, json={**ok, "max_tokens": 60}, timeout=30)
+        assert response.status_code == 400 and response.json()["error"]["code"] == "request_too_large"

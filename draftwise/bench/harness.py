@@ -22,13 +22,29 @@ from tqdm.auto import tqdm
 
 from draftwise.bench import ruler
 from draftwise.generate import generate
-from draftwise.methods import METHODS, AdaKV, Full, KVMethod, Method, PromptMethod, PyramidKV, SpecKVPC
+from draftwise.mapping import render, same_tokenizer
+from draftwise.methods import (
+    H2O,
+    METHODS,
+    TOVA,
+    AdaKV,
+    Full,
+    KVMethod,
+    Method,
+    PromptMethod,
+    PyramidKV,
+    SnapKV,
+    SpecKVPC,
+)
 from draftwise.reuse import Reuse
 
-# Names for combinations: the draft lookahead over another scorer.
+# Names for combinations: the draft lookahead over another scorer, CAOTE over another scorer.
 ALIASES: dict[str, tuple[type[Method], dict]] = {
     "ada-speckv": (AdaKV, {"lookahead": None}),
     "pyramid-speckv": (PyramidKV, {"lookahead": None}),
+    "snapkv-caote": (SnapKV, {"caote": True}),
+    "h2o-caote": (H2O, {"caote": True}),
+    "tova-caote": (TOVA, {"caote": True}),
 }
 
 
@@ -103,11 +119,15 @@ def run_ruler(
     seed: int = 0,
     max_new_tokens: int | None = None,
     progress: bool = True,
+    draft_tokenizer=None,
 ) -> Iterator[dict]:
     """Run every entry on ``samples`` samples of each task and length; append and yield each record.
 
-    ``max_new_tokens`` caps RULER's per-task generation length (its answers come first).
+    ``max_new_tokens`` caps RULER's per-task generation length (its answers come first). A draft with
+    another tokenizer (``draft_tokenizer``) needs the prompt as text: then every entry, Full included,
+    reads RULER's question as chat messages, the answer prefix as the start of the assistant's turn.
     """
+    cross = draft_tokenizer is not None and not same_tokenizer(tokenizer, draft_tokenizer)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {record_key(r) for r in read_records(out)}
@@ -127,7 +147,12 @@ def run_ruler(
                     pending = [e for e in entries if (task, length, case.index, e.label) not in done]
                     if not pending:
                         continue
-                    ids = torch.tensor([ruler.prompt_ids(tokenizer, case.prompt, case.answer_prefix)])
+                    if cross:
+                        prompt = ruler.prompt_messages(case.prompt, case.answer_prefix)
+                        ids = render(tokenizer, prompt).ids
+                    else:
+                        ids = torch.tensor([ruler.prompt_ids(tokenizer, case.prompt, case.answer_prefix)])
+                        prompt = ids
                     shared = Reuse(last=_observed_queries(pending, ids.shape[1]))
                     for entry in pending:
                         bar.set_postfix_str(f"{task} {entry.label}")
@@ -135,10 +160,11 @@ def run_ruler(
                             target,
                             draft,
                             tokenizer,
-                            ids,
+                            prompt,
                             method=entry.method,
                             max_new_tokens=new,
                             reuse=shared,
+                            draft_tokenizer=draft_tokenizer if cross else None,
                         )
                         record = {
                             "task": task,
@@ -182,6 +208,9 @@ def summarize(records: list[dict]) -> dict:
         "cost": {},
     }
     full = accuracy.get("full", {})
+    full_answers = {
+        (r["task"], r["length"], r["index"]): r.get("prediction") for r in records if r["label"] == "full"
+    }
     for label in labels:
         rows = [r for r in records if r["label"] == label]
         scores = accuracy[label]
@@ -202,6 +231,13 @@ def summarize(records: list[dict]) -> dict:
         summary["cost"][label] = {key: _mean([r.get(key) for r in rows]) for key in keys}
         summary["cost"][label]["peak_rss_mib"] = max(r["peak_rss_mib"] for r in rows)
         summary["cost"][label]["samples"] = len(rows)
+        paired = [r for r in rows if (r["task"], r["length"], r["index"]) in full_answers]
+        summary["cost"][label]["same_as_full"] = (
+            sum(r.get("prediction") == full_answers[r["task"], r["length"], r["index"]] for r in paired)
+            / len(paired)
+            if paired
+            else None
+        )
     return summary
 
 
@@ -215,8 +251,13 @@ def _cell(value: float | None, spec: str, scale: float = 1.0) -> str:
     return "n/a" if value is None else format(scale * value, spec)
 
 
+def _percent(fraction: float | None, spec: str) -> str:
+    return "n/a" if fraction is None else format(100 * fraction, spec) + "%"
+
+
 def summary_markdown(summary: dict) -> str:
-    """The summary as Markdown tables: accuracy per task, then retained accuracy and costs."""
+    """The summary as Markdown tables: accuracy per task, then retained accuracy (and how often the
+    answer is Full's, word for word), KV kept and costs."""
     tasks, labels = summary["tasks"], summary["labels"]
     lines = ["| method | " + " | ".join(tasks) + " | mean |", "|---" * (len(tasks) + 2) + "|"]
     for label in labels:
@@ -224,9 +265,9 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {summary['overall'][label]:.1f} |")
     lines += [
         "",
-        "| method | answers | retained vs full | KV kept | draft s | pre-fill s | decode s | total s "
-        "| peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | answers | retained vs full | answer = full's | KV kept | draft s | pre-fill s | decode s "
+        "| total s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label in labels:
         c = summary["cost"][label]
@@ -234,7 +275,8 @@ def summary_markdown(summary: dict) -> str:
         cells = [
             str(c["samples"]),
             _cell(retained, ".3f"),
-            _cell(c["kv_fraction"], ".1f", 100) + "%",
+            _percent(c.get("same_as_full"), ".0f"),
+            _percent(c["kv_fraction"], ".1f"),
             *(
                 _cell(c[k], ".1f")
                 for k in ("draft_seconds", "prefill_seconds", "decode_seconds", "total_seconds")

@@ -293,6 +293,13 @@ def prompt_ids(tokenizer, prompt: str, answer_prefix: str = "") -> list[int]:
     return ids
 
 
+def prompt_messages(prompt: str, answer_prefix: str = "") -> list[dict]:
+    """The model input as chat messages, for models with their own tokenizers: the user turn
+    ``prompt`` and, if any, ``answer_prefix`` as the start of the assistant's turn."""
+    messages = [{"role": "user", "content": prompt}]
+    return messages + [{"role": "assistant", "content": answer_prefix}] if answer_prefix else messages
+
+
 def _fit(
     measure: Callable[[int], tuple[int, _Built]], budget: int, lo: int, hi: int, guess: int | None = None
 ) -> tuple[int, int, _Built]:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from draftwise.attention import module_attention_rows
-from draftwise.scoring import top_indices
+from draftwise.scoring import caote_correction, top_indices
 
 Pool = Literal["max", "avg"]
 Reduce = Literal["max", "mean"]
@@ -72,6 +72,8 @@ class KVMethod(Budgeted):
 
     Subclasses implement :meth:`score`. If ``uses_attention``, it receives the attention rows of the
     observation queries (the window's, plus a draft lookahead's for SpecKV); otherwise only the keys.
+    Attention scorers may declare a ``caote: bool`` field: CAOTE's correction then replaces each
+    attention weight before scoring (:meth:`observation_rows`).
     """
 
     uses_attention: ClassVar[bool] = False
@@ -113,8 +115,21 @@ class KVMethod(Budgeted):
         ``[B, H, q, d]`` at ``query_positions`` and its cached ``keys`` and ``values`` ``[B, G, k, d]``."""
         rows = None
         if self.uses_attention:
-            rows = module_attention_rows(module, queries, keys, query_positions)[..., :prefix]
+            rows = self.observation_rows(module, queries, keys, values, query_positions)[..., :prefix]
         return self.score(rows, keys[:, :, :prefix])
+
+    def observation_rows(
+        self,
+        module: nn.Module,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        query_positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """Attention rows ``[B, G, H/G, q, k]`` of ``queries`` over all cached keys, CAOTE-corrected
+        when the method has ``caote=True``."""
+        rows = module_attention_rows(module, queries, keys, query_positions)
+        return caote_correction(rows, values) if getattr(self, "caote", False) else rows
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from draftwise.attention import module_attention_rows
 from draftwise.methods.base import KVMethod
 
 
@@ -16,12 +15,14 @@ from draftwise.methods.base import KVMethod
 class H2O(KVMethod):
     """Heavy-Hitter Oracle (Zhang et al., 2023), one-shot after pre-fill: each prefix key's score is
     the attention it received from every prompt query, summed over queries and over the query heads
-    of its KV group. Attention is computed in blocks of ``block`` queries (memory O(block * n))."""
+    of its KV group. Attention is computed in blocks of ``block`` queries (memory O(block * n)).
+    ``caote=True`` applies CAOTE's correction to each weight before the sum."""
 
     name: ClassVar[str] = "h2o"
     uses_attention: ClassVar[bool] = True
 
     block: int = 256
+    caote: bool = False
 
     def observed(self, prompt_length: int) -> int:
         return prompt_length
@@ -38,6 +39,7 @@ class H2O(KVMethod):
         total = torch.zeros(keys.shape[0], keys.shape[1], prefix, device=keys.device)
         for start in range(0, queries.shape[2], self.block):
             stop = start + self.block
-            rows = module_attention_rows(module, queries[:, :, start:stop], keys, query_positions[start:stop])
+            block = queries[:, :, start:stop]
+            rows = self.observation_rows(module, block, keys, values, query_positions[start:stop])
             total += rows[..., :prefix].sum(dim=(2, 3))
         return total

@@ -7,7 +7,6 @@ from typing import ClassVar
 
 import torch
 
-from draftwise.attention import module_attention_rows
 from draftwise.methods.base import KVMethod, Pool, Reduce, check_choice, check_positive
 from draftwise.scoring import reduce_rows, smooth
 
@@ -24,9 +23,7 @@ class SnapKV(KVMethod):
     ``lookahead`` turns on the draft's lookahead as extra observation queries (``None``: as many
     tokens as will be generated; ``0``: none), which makes SnapKV into SpecKV and PyramidKV into
     lookahead-PyramidKV: the lookahead wraps any scorer of this family. ``caote=True`` applies CAOTE's
-    correction (arXiv 2504.14051): each attention weight ``a`` of a key with value ``v`` becomes
-    ``a / (1 - a) * ||v - o||``, the change its eviction makes to the attention output ``o``, before the
-    reduction.
+    correction before the reduction (see :func:`draftwise.scoring.caote_correction`).
     """
 
     name: ClassVar[str] = "snapkv"
@@ -57,12 +54,6 @@ class SnapKV(KVMethod):
     def lookahead_length(self, max_new_tokens: int) -> int:
         return max_new_tokens if self.lookahead is None else self.lookahead
 
-    def layer_scores(self, module, queries, keys, values, query_positions, prefix):
-        if not self.caote:
-            return super().layer_scores(module, queries, keys, values, query_positions, prefix)
-        rows = module_attention_rows(module, queries, keys, query_positions)  # [B, G, g, q, k]
-        return self.score(caote_correction(rows, values)[..., :prefix], keys[:, :, :prefix])
-
     def score(self, rows: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
         """Scores of prefix keys.
 
@@ -73,15 +64,3 @@ class SnapKV(KVMethod):
             ``[B, G, k]`` float32 scores, one per KV head and key.
         """
         return smooth(reduce_rows(rows, self.reduce), self.kernel, self.pool)
-
-
-def caote_correction(rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """CAOTE's eviction error ``a / (1 - a) * ||v_j - o||`` for attention ``rows`` ``[B, G, g, q, k]``
-    over all ``k`` keys with ``values`` ``[B, G, k, d]``, where ``o = rows @ values`` per query."""
-    v = values.float()[:, :, None]  # [B, G, 1, k, d]
-    out = rows @ v  # [B, G, g, q, d]
-    squared = (
-        v.square().sum(-1)[..., None, :] - 2 * out @ v.transpose(-1, -2) + out.square().sum(-1, keepdim=True)
-    )
-    distance = squared.clamp_min(0).sqrt()
-    return rows / (1 - rows).clamp_min(1e-6) * distance

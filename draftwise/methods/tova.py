@@ -13,10 +13,13 @@ from draftwise.methods.base import KVMethod
 @dataclass(frozen=True)
 class TOVA(KVMethod):
     """Token Omission Via Attention (Oren et al., 2024): scores are the attention of the last prompt
-    token, averaged over the query heads of each KV group (one-shot, at the end of pre-fill)."""
+    token, averaged over the query heads of each KV group (one-shot, at the end of pre-fill).
+    ``caote=True`` applies CAOTE's correction to each weight first."""
 
     name: ClassVar[str] = "tova"
     uses_attention: ClassVar[bool] = True
+
+    caote: bool = False
 
     def observed(self, prompt_length: int) -> int:
         return 1

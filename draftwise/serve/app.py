@@ -122,6 +122,7 @@ def create_app(
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_new_tokens_limit: int = DEFAULT_MAX_NEW_TOKENS_LIMIT,
+    max_request_bytes: int | None = None,
     upstream: str | None = None,
     upstream_model: str | None = None,
     upstream_api_key: str | None = None,
@@ -139,6 +140,8 @@ def create_app(
         api_key: if set, every route but ``/health`` needs ``Authorization: Bearer <api_key>``.
         max_body_bytes: larger request bodies get 413.
         max_new_tokens_limit: the most ``max_tokens`` a request may ask for.
+        max_request_bytes: requests whose uncompressed KV cache (prompt plus ``max_tokens``) would
+            exceed this many bytes get 400 before any work starts; ``None``: no limit but the context.
         upstream: upstream mode: the base URL (``http://host:port/v1``) of an OpenAI-compatible server.
             Only ``draft`` runs here (``target`` is ``None``): each request's prompt (chat: the last user
             message) is compressed with SpecPC and the request forwarded there; see
@@ -156,8 +159,12 @@ def create_app(
             f"max_concurrency must be 1 for now, got {max_concurrency}: concurrent generations on "
             "shared models would corrupt each other's KV scoring"
         )
-    if max_body_bytes < 1 or max_new_tokens_limit < 1:
-        raise ValueError("max_body_bytes and max_new_tokens_limit must be positive")
+    if (
+        max_body_bytes < 1
+        or max_new_tokens_limit < 1
+        or (max_request_bytes is not None and max_request_bytes < 1)
+    ):
+        raise ValueError("max_body_bytes, max_new_tokens_limit and max_request_bytes must be positive")
     if upstream is not None:
         if target is not None:
             raise ValueError("upstream mode runs only the draft: pass target=None")
@@ -205,7 +212,13 @@ def create_app(
     async def run(request: Request, body: ChatCompletionRequest | CompletionRequest) -> Any:
         check_model(body.model)
         job: Job = make_job(
-            body, tokenizer=tokenizer, target=target, defaults=settings, max_tokens_limit=max_new_tokens_limit
+            body,
+            tokenizer=tokenizer,
+            target=target,
+            defaults=settings,
+            max_tokens_limit=max_new_tokens_limit,
+            max_request_bytes=max_request_bytes,
+            draft=draft,
         )
         try:
             generation = engine.submit(job)

@@ -25,7 +25,7 @@ DONE = "data: [DONE]\n\n"
 
 
 def usage(prompt_tokens: int, completion_tokens: int, stats: GenerationStats | None) -> Usage:
-    """Token counts and, when the generation ran to its end, its draftwise statistics."""
+    """Token counts and, when there are any, the generation's draftwise statistics."""
     extra = {}
     if stats is not None:
         extra = {k: v for k, v in stats.as_dict().items() if k not in ("prompt_tokens", "new_tokens")}

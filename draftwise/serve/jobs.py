@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from draftwise.checks import check_context, context_length, vocabulary_size
+from draftwise.checks import check_context, context_length, kv_cache_bytes, vocabulary_size
 from draftwise.cli import build_method
 from draftwise.decoding import Sampler
 from draftwise.generate import encode
@@ -161,8 +161,14 @@ def make_job(
     target: nn.Module,
     defaults: Defaults,
     max_tokens_limit: int,
+    max_request_bytes: int | None = None,
+    draft: nn.Module | None = None,
 ) -> Job:
-    """Check ``body`` and build its job; raise :class:`APIError` (400) naming the bad field."""
+    """Check ``body`` and build its job; raise :class:`APIError` (400) naming the bad field.
+
+    With ``max_request_bytes``, a request whose uncompressed KV cache (prompt plus ``max_tokens``, in
+    the target or, for methods that read the whole prompt with it, the draft) would exceed it is refused:
+    every method pre-fills the full prompt before it drops anything."""
     _refuse_unsupported(body)
     if isinstance(body, ChatCompletionRequest):
         prompt, param = chat_prompt(body.messages), "messages"
@@ -191,4 +197,15 @@ def make_job(
         check_context(target, n, max_tokens)
     except ValueError as error:
         raise _bad(str(error), param, code="context_length_exceeded") from None
+    if max_request_bytes is not None:
+        readers = [target] + ([draft] if draft is not None and method.needs_draft else [])
+        needed = max(kv_cache_bytes(model, n + max_tokens) for model in readers)
+        if needed > max_request_bytes:
+            raise _bad(
+                f"this request needs about {needed / 2**20:.0f} MiB of KV cache (a prompt of {n} tokens "
+                f"plus max_tokens {max_tokens}), over this server's limit of "
+                f"{max_request_bytes / 2**20:.0f} MiB per request: send a shorter prompt or fewer max_tokens",
+                param,
+                code="request_too_large",
+            )
     return Job(input_ids, method, max_tokens, temperature, top_p, body.seed, stop)

@@ -61,6 +61,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )  # fmt: skip
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     parser.add_argument(
+        "--max-request-memory", type=float, metavar="MIB",
+        help="refuse (400) requests whose uncompressed KV cache (prompt + max_tokens) exceeds this",
+    )  # fmt: skip
+    parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     parser.add_argument(
@@ -148,6 +152,7 @@ def serve(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         max_body_bytes=args.max_body_bytes,
         max_new_tokens_limit=args.max_new_tokens_limit,
+        max_request_bytes=None if args.max_request_memory is None else int(args.max_request_memory * 2**20),
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

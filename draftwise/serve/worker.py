@@ -44,7 +44,7 @@ class Delta:
 class Finished:
     finish_reason: str  # "stop" or "length"
     completion_tokens: int
-    stats: GenerationStats | None  # None when a stop string ended generation early
+    stats: GenerationStats
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,6 @@ class Busy(Exception):
 
 
 class _Cancelled(Exception):
-    pass
-
-
-class _StopString(Exception):
     pass
 
 
@@ -93,18 +89,14 @@ class Generation:
         """Generate in the calling (worker) thread, emitting events."""
         engine, job = self.engine, self.job
         text = TextStream(engine.tokenizer, job.stop)
-        count = 0
 
-        def on_token(token_id: int) -> None:
-            nonlocal count
+        def on_token(token_id: int) -> bool:
             if self._cancelled.is_set():
                 raise _Cancelled
-            count += 1
             delta = text.feed(token_id)
             if delta:
                 self._emit(Delta(delta))
-            if text.stopped:
-                raise _StopString
+            return text.stopped  # a stop string: generation ends here, with its stats
 
         try:
             result = generate(
@@ -119,9 +111,6 @@ class Generation:
                 seed=job.seed,
                 on_token=on_token,
             )
-        except _StopString:
-            self._emit(Finished("stop", count, None))
-            return
         except _Cancelled:
             return
         except Exception as error:  # bad input found by generate, or a bug: the app decides
