@@ -14,6 +14,7 @@ both servers on loopback, sends the same requests both ways, one at a time, and 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from transformers import AutoTokenizer
 
 from draftwise.bench import ruler
 from draftwise.bench.needle import needle_case
+from draftwise.generate import encode
 from draftwise.models import DEFAULT_DRAFT, DEFAULT_TARGET, gguf_path, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,13 +40,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop(process: subprocess.Popen) -> None:
+    """Terminate ``process``; kill it if it is still busy (llama.cpp finishes its prompt first)."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def start(command: list[str], log: Path, url: str, stack: ExitStack, timeout: float = 600) -> None:
     """Start a server, stop it when ``stack`` closes; return once ``url/models`` answers."""
     handle = log.open("w")
     process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
     stack.callback(handle.close)
-    stack.callback(process.wait)
-    stack.callback(process.terminate)
+    stack.callback(stop, process)
     client = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=5)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -121,13 +132,21 @@ def main() -> None:
                 base_url=front_url, api_key="unused", timeout=1800, max_retries=0
             ),
         }
+        engine_client = paths["llama.cpp"]
+
+        def reset() -> None:
+            """llama.cpp reuses the longest prefix it holds: evict the last prompt first, so that no
+            request starts from the one before it (both paths send the same text)."""
+            timed_chat(engine_client, [{"role": "user", "content": "Say hi."}], 1)
+
         for client in paths.values():  # warm-up: model pages, the draft's first pass
             timed_chat(client, [{"role": "user", "content": "Say hi."}], 4)
         for length in args.lengths:
-            case = needle_case(tokenizer, context_tokens=length)
-            prompt_tokens = len(tokenizer.apply_chat_template(case.messages, add_generation_prompt=True))
+            case = needle_case(tokenizer, context_tokens=length, seed=length)
+            prompt_tokens = encode(tokenizer, case.messages).shape[1]
             for name, client in paths.items():
                 print(f"[{length}] {name} ...", file=sys.stderr, flush=True)
+                reset()
                 result = timed_chat(client, case.messages, args.max_tokens)
                 rows.append((prompt_tokens, name, result, case.answer in result["text"]))
         for task in args.tasks.split(","):
@@ -135,10 +154,17 @@ def main() -> None:
                 messages = [{"role": "user", "content": sample.prompt}]
                 for name, client in paths.items():
                     print(f"[ruler {task} {sample.index}] {name} ...", file=sys.stderr, flush=True)
+                    reset()
                     result = timed_chat(client, messages, args.max_tokens)
                     score = ruler.score(task, result["text"], sample.answers)
                     ruler_rows.append((task, sample.index, name, score, result["total"]))
 
+    if args.out:  # the raw measurements beside the report
+        raw = {"needle": [dict(prompt_tokens=n, path=name, found=found, **r) for n, name, r, found in rows]}
+        raw["ruler"] = [
+            dict(zip(("task", "index", "path", "score", "total"), r, strict=True)) for r in ruler_rows
+        ]
+        Path(args.out).with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
     base = {n: r for n, name, r, _ in rows if name == "llama.cpp"}
     lines = [
         "| prompt tokens | path | TTFT s | total s | TTFT ratio | total ratio | needle found |",
@@ -176,7 +202,8 @@ def main() -> None:
             f"{args.budget} prompt tokens. Greedy, at most {args.max_tokens} new tokens, streamed.\n"
             f"- Machine: {platform.machine()}, {args.threads} threads for the engine; both servers on "
             "one machine, one request at a time, so the front's draft and the engine never overlap.\n"
-            "- One request per row after a warm-up request on each path.\n\n"
+            "- One request per row after a warm-up request on each path; before each request a short one "
+            "evicts the previous prompt from llama.cpp's prefix cache.\n\n"
             f"## Needle in a haystack\n\n{timing}\n\n"
             f"## RULER at 4k through both paths ({args.samples} samples per task, no answer prefix: the "
             f"chat API takes the question alone)\n\n{accuracy}\n"

@@ -127,8 +127,7 @@ def compress_prompt(
 ) -> CompressedPrompt:
     """Choose the prompt tokens SpecPC keeps for ``input_ids`` ``[1, n]``."""
     scores, lookahead_ids = specpc_scores(draft, input_ids, method, stop_ids)
-    positions = select_tokens(scores.cpu(), method.budget, method.window, method.neighbourhood)
-    return CompressedPrompt(positions=positions, lookahead_ids=lookahead_ids, scores=scores)
+    return CompressedPrompt(positions=method.choose(scores), lookahead_ids=lookahead_ids, scores=scores)
 
 
 @dataclass

@@ -15,8 +15,7 @@ from draftwise.decoding import stop_token_ids
 from draftwise.draft import lookahead
 from draftwise.mapping import Rendered, transfer_scores, translate
 from draftwise.methods.base import PromptMethod
-from draftwise.methods.specpc import SpecPC
-from draftwise.prompt import CompressedPrompt, select_tokens, specpc_scores
+from draftwise.prompt import CompressedPrompt
 from draftwise.reuse import Reuse
 from draftwise.timing import now
 
@@ -62,15 +61,17 @@ class OwnTokens:
         return self.draft_view.ids.shape[1]
 
     def compress(self, method: PromptMethod) -> tuple[CompressedPrompt, float]:
-        """SpecPC with the draft's scores carried to the target's tokens (budget and window count
-        target tokens); the lookahead comes back re-tokenized for the target."""
-        if not isinstance(method, SpecPC):
-            raise ValueError(f"{method.name} does not support a draft with another tokenizer yet")
+        """The draft's token scores (SpecPC's, Perplexity's) carried to the target's tokens, where the
+        method chooses (budget and window count target tokens); a lookahead comes back re-tokenized."""
         start = now()
-        scores, guess = specpc_scores(self.draft, self.draft_view.ids, method, self.stop_ids)
+        try:
+            scores, guess = method.token_scores(self.draft, self.draft_view.ids, self.stop_ids)
+        except NotImplementedError:
+            raise ValueError(f"{method.name} does not support a draft with another tokenizer") from None
         target_scores = transfer_scores(self.draft_view, scores, self.target_view)
-        positions = select_tokens(target_scores, method.budget, method.window, method.neighbourhood)
-        guess = translate(guess, self.draft_tokenizer, self.tokenizer)
+        positions = method.choose(target_scores)
+        if guess is not None:
+            guess = translate(guess, self.draft_tokenizer, self.tokenizer)
         return CompressedPrompt(positions, guess, target_scores), now() - start
 
     def lookahead(self, steps: int) -> tuple[torch.Tensor | None, float]:

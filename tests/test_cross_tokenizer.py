@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from draftwise import Full, SpecKV, SpecKVPC, SpecPC, generate
+from draftwise import Full, Perplexity, SpecKV, SpecKVPC, SpecPC, generate
 from draftwise.mapping import render, same_tokenizer, transfer_scores, translate
 from draftwise.models import resolve
 
@@ -92,6 +92,7 @@ def test_cross_pair_with_budget_covering_prompt_gives_full_answer(cross_pair):
         SpecKV(budget=4000, lookahead=5),
         SpecPC(budget=4000, first_layer=1),
         SpecKVPC(kv_budget=4000, prompt_budget=4000),
+        Perplexity(budget=4000),
     ):
         out = generate(
             target,
@@ -117,6 +118,8 @@ def test_cross_pair_budgets_count_target_tokens(cross_pair):
     assert out.stats.kv_pairs_kept == 64 and out.stats.lookahead_tokens >= 1
     out = generate(target, draft, tokenizer, messages, method=SpecKVPC(kv_budget=64, prompt_budget=200), **kw)
     assert out.stats.prompt_tokens_kept == 200 and out.stats.kv_pairs_kept == 64
+    out = generate(target, draft, tokenizer, messages, method=Perplexity(budget=150, window=16), **kw)
+    assert out.stats.prompt_tokens_kept == 150 and out.stats.lookahead_tokens == 0
 
 
 def test_cross_pair_needs_text_prompts(cross_pair):

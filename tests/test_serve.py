@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ except ImportError:  # pragma: no cover
 from draftwise.checks import kv_cache_bytes  # noqa: E402
 from draftwise.serve import add_serve_arguments, create_app, serve  # noqa: E402
 from draftwise.serve.text import TextStream  # noqa: E402
+from draftwise.serve.worker import ModelLock  # noqa: E402
 
 MODEL = "tiny"
 KEY = "secret-key"
@@ -338,8 +340,66 @@ def test_bad_defaults_fail_at_creation(models):
         create_app(target, None, tokenizer, model_name=MODEL, defaults={"method": "speckv"})
     with pytest.raises(ValueError, match="takes no option 'sinks'"):
         create_app(target, draft, tokenizer, model_name=MODEL, defaults={"method": "speckv", "sinks": 4})
-    with pytest.raises(ValueError, match="max_concurrency must be 1"):
-        create_app(target, draft, tokenizer, model_name=MODEL, max_concurrency=2)
+    with pytest.raises(ValueError, match="max_concurrency"):
+        create_app(target, draft, tokenizer, model_name=MODEL, max_concurrency=0)
+
+
+def test_concurrent_generations_answer_as_they_would_alone(models):
+    target, draft, tokenizer = models
+    options = [
+        {"method": "speckv", "budget": 24, "window": 8, "lookahead": 4},
+        {"method": "snapkv", "budget": 24, "window": 8},
+        {"method": "adakv", "budget": 24, "window": 8},  # switches attention: runs alone
+        {"method": "specpc", "budget": 24, "window": 8, "first_layer": 1},
+        {"method": "full"},
+    ] * 2
+    prompts = [" ".join(f"w{6 + (i * 7 + k) % 80}" for k in range(60)) for i in range(len(options))]
+
+    def ask(base: str, i: int) -> str:
+        body = {"model": MODEL, "prompt": prompts[i], "max_tokens": 8, "draftwise": options[i]}
+        response = httpx.post(base + TEXT, json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["text"]
+
+    app = create_app(target, draft, tokenizer, model_name=MODEL, defaults={"method": "full"})
+    with running(app) as base:
+        alone = [ask(base, i) for i in range(len(options))]
+    app = create_app(
+        target, draft, tokenizer, model_name=MODEL, defaults={"method": "full"}, max_concurrency=4
+    )
+    with running(app) as base, ThreadPoolExecutor(len(options)) as pool:
+        together = list(pool.map(lambda i: ask(base, i), range(len(options))))
+    assert together == alone
+
+
+def test_model_lock_runs_attention_switching_generations_alone():
+    lock, events, guard = ModelLock(), [], threading.Lock()
+
+    def work(name: str, exclusive: bool) -> None:
+        with lock.hold(exclusive):
+            with guard:
+                events.append(("start", name))
+            time.sleep(0.05)
+            with guard:
+                events.append(("end", name))
+
+    jobs = [("a", False), ("b", False), ("x", True), ("c", False), ("y", True)]
+    threads = [threading.Thread(target=work, args=job) for job in jobs]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.005)
+    for thread in threads:
+        thread.join()
+    running_now: set[str] = set()
+    for kind, name in events:
+        if kind == "start":
+            exclusive = name in "xy"
+            assert not (exclusive and running_now), f"{name} started beside {running_now}"
+            assert not any(n in "xy" for n in running_now), f"{name} started beside {running_now}"
+            running_now.add(name)
+        else:
+            running_now.discard(name)
+    assert len(events) == 2 * len(jobs)
 
 
 def test_unexpected_error_is_a_json_500(models):

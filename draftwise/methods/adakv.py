@@ -48,6 +48,10 @@ class AdaKV(SnapKV):
 
     floor: float = 0.2
 
+    @property
+    def swaps_attention(self) -> bool:
+        return True  # decoding masks the padded heads through an attention override
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 <= self.floor <= 1:

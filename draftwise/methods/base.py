@@ -41,6 +41,13 @@ class Method:
         """Whether this method would drop anything from a prompt of ``prompt_length`` tokens."""
         return False
 
+    @property
+    def swaps_attention(self) -> bool:
+        """Whether a generation switches the model's attention implementation for a while (see
+        :class:`draftwise.attention.AttentionOverride`): such a generation must not share the model
+        with another running at the same time."""
+        return False
+
 
 @dataclass(frozen=True)
 class Budgeted(Method):
@@ -140,3 +147,18 @@ class PromptMethod(Budgeted):
     def compress(self, draft: nn.Module | None, input_ids: torch.Tensor, stop_ids: Iterable[int] = ()):
         """The kept positions of ``input_ids`` ``[1, n]``, as a :class:`draftwise.prompt.CompressedPrompt`."""
         raise NotImplementedError
+
+    def token_scores(
+        self, draft: nn.Module, input_ids: torch.Tensor, stop_ids: Iterable[int] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """For draft-scored methods: ``(scores [n], lookahead_ids [1, m] or None)`` of ``input_ids``
+        ``[1, n]`` read by ``draft`` (higher is kept). A draft with another tokenizer scores its own
+        tokens; the scores then reach the target's tokens through their characters, and
+        :meth:`choose` picks among those."""
+        raise NotImplementedError(f"{self.name} takes no draft scores")
+
+    def choose(self, scores: torch.Tensor) -> torch.Tensor:
+        """The kept positions (ascending) given per-token ``scores`` ``[n]``."""
+        from draftwise.prompt import select_tokens
+
+        return select_tokens(scores, self.budget, self.window)

@@ -42,8 +42,11 @@ class Perplexity(PromptMethod):
     budget: int = 1024
     window: int = 64
 
-    def compress(self, draft, input_ids, stop_ids=()):
-        from draftwise.prompt import CompressedPrompt, select_tokens
+    def token_scores(self, draft, input_ids, stop_ids=()):
+        return surprisal(draft, input_ids).cpu(), None
 
-        scores = surprisal(draft, input_ids).cpu()
-        return CompressedPrompt(select_tokens(scores, self.budget, self.window), None, scores)
+    def compress(self, draft, input_ids, stop_ids=()):
+        from draftwise.prompt import CompressedPrompt
+
+        scores, _ = self.token_scores(draft, input_ids)
+        return CompressedPrompt(self.choose(scores), None, scores)

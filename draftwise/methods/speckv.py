@@ -48,6 +48,10 @@ class SpecKV(SnapKV):
         check_positive("vertical", self.vertical)
         check_positive("slash", self.slash)
 
+    @property
+    def swaps_attention(self) -> bool:
+        return self.sparse_prefill
+
     def sparse_for(self, length: int) -> bool:
         """Whether a pre-fill of ``length`` tokens (prompt and lookahead) runs sparse."""
         return self.sparse_prefill and self.vertical + self.slash < length

@@ -57,3 +57,13 @@ class SpecPC(PromptMethod):
         from draftwise.prompt import compress_prompt
 
         return compress_prompt(draft, input_ids, self, stop_ids)
+
+    def token_scores(self, draft, input_ids, stop_ids=()):
+        from draftwise.prompt import specpc_scores
+
+        return specpc_scores(draft, input_ids, self, stop_ids)
+
+    def choose(self, scores):
+        from draftwise.prompt import select_tokens
+
+        return select_tokens(scores.cpu(), self.budget, self.window, self.neighbourhood)

@@ -134,8 +134,9 @@ def create_app(
         defaults: server-side defaults, e.g. ``{"method": "speckv", "budget": 256, "max_tokens": 256,
             "temperature": 0.0, "top_p": 1.0}``; a request's ``"draftwise"`` field overrides the method
             and its options (the default options apply only when it keeps the default method).
-        max_concurrency: generations run at once, in worker threads; only 1 for now (the attention
-            hooks that compression methods install on the shared models are not per-thread).
+        max_concurrency: generations run at once, in worker threads sharing the models (the query
+            recorders are per thread); a generation that switches the attention implementation
+            (AdaKV, SpecKV's sparse pre-fill) runs alone.
         max_queue: requests that may wait for a slot; beyond them the answer is 429 with ``Retry-After``.
         api_key: if set, every route but ``/health`` needs ``Authorization: Bearer <api_key>``.
         max_body_bytes: larger request bodies get 413.
@@ -152,13 +153,6 @@ def create_app(
     Raises:
         ValueError: bad defaults or limits, or a default method that needs a draft when there is none.
     """
-    if max_concurrency != 1:
-        # QueryRecorder's hooks sit on the shared attention modules and record every thread's forward
-        # passes, so two compressed generations at once would score each other's queries.
-        raise ValueError(
-            f"max_concurrency must be 1 for now, got {max_concurrency}: concurrent generations on "
-            "shared models would corrupt each other's KV scoring"
-        )
     if (
         max_body_bytes < 1
         or max_new_tokens_limit < 1

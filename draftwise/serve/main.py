@@ -50,7 +50,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--max-concurrency",
         type=int,
         default=DEFAULT_MAX_CONCURRENCY,
-        help="generations run at once (1 for now)",
+        help="generations run at once (AdaKV and sparse pre-fill run alone)",
     )
     parser.add_argument(
         "--max-queue", type=int, default=DEFAULT_MAX_QUEUE, help="requests waiting; beyond: 429"

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from draftwise.decoding import stop_token_ids
-from draftwise.generate import GenerationStats, generate
+from draftwise.generate import GenerationResult, GenerationStats, generate
 from draftwise.methods import Method
 from draftwise.serve.text import TextStream
 
@@ -85,6 +87,21 @@ class Generation:
         except RuntimeError:  # the event loop is closed: the server is shutting down
             self._cancelled.set()
 
+    def _generate(self, on_token: Callable[[int], bool]) -> GenerationResult:
+        engine, job = self.engine, self.job
+        return generate(
+            engine.target,
+            engine.draft,
+            engine.tokenizer,
+            job.input_ids,
+            method=job.method,
+            max_new_tokens=job.max_tokens,
+            temperature=job.temperature,
+            top_p=job.top_p,
+            seed=job.seed,
+            on_token=on_token,
+        )
+
     def run(self) -> None:
         """Generate in the calling (worker) thread, emitting events."""
         engine, job = self.engine, self.job
@@ -99,18 +116,8 @@ class Generation:
             return text.stopped  # a stop string: generation ends here, with its stats
 
         try:
-            result = generate(
-                engine.target,
-                engine.draft,
-                engine.tokenizer,
-                job.input_ids,
-                method=job.method,
-                max_new_tokens=job.max_tokens,
-                temperature=job.temperature,
-                top_p=job.top_p,
-                seed=job.seed,
-                on_token=on_token,
-            )
+            with engine.lock.hold(job.method.swaps_attention):
+                result = self._generate(on_token)
         except _Cancelled:
             return
         except Exception as error:  # bad input found by generate, or a bug: the app decides
@@ -122,6 +129,39 @@ class Generation:
         ended = bool(result.token_ids) and result.token_ids[-1] in engine.eos_ids
         reason = "stop" if text.stopped or ended else "length"
         self._emit(Finished(reason, len(result.token_ids), result.stats))
+
+
+class ModelLock:
+    """Generations sharing the models: any number of ordinary ones at once, or one that switches the
+    models' attention implementation (:attr:`Method.swaps_attention`) alone. Waiting exclusive
+    generations go first, so they are not starved."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._exclusive_waiting = 0
+
+    @contextmanager
+    def hold(self, exclusive: bool) -> Iterator[None]:
+        with self._condition:
+            if exclusive:
+                self._exclusive_waiting += 1
+                self._condition.wait_for(lambda: not self._exclusive and self._shared == 0)
+                self._exclusive_waiting -= 1
+                self._exclusive = True
+            else:
+                self._condition.wait_for(lambda: not self._exclusive and not self._exclusive_waiting)
+                self._shared += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                if exclusive:
+                    self._exclusive = False
+                else:
+                    self._shared -= 1
+                self._condition.notify_all()
 
 
 class Engine:
@@ -141,6 +181,7 @@ class Engine:
         self.running = 0
         self._slots = asyncio.Semaphore(max_concurrency)
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="draftwise-generate")
+        self.lock = ModelLock()
         self._tasks: set[asyncio.Task] = set()
         self._generations: set[Generation] = set()
 
