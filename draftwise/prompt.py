@@ -122,14 +122,6 @@ def specpc_scores(
     return smooth(scores, method.kernel, method.pool), lookahead_ids
 
 
-def compress_prompt(
-    draft: nn.Module, input_ids: torch.Tensor, method: SpecPC, stop_ids: Iterable[int] = ()
-) -> CompressedPrompt:
-    """Choose the prompt tokens SpecPC keeps for ``input_ids`` ``[1, n]``."""
-    scores, lookahead_ids = specpc_scores(draft, input_ids, method, stop_ids)
-    return CompressedPrompt(positions=method.choose(scores), lookahead_ids=lookahead_ids, scores=scores)
-
-
 @dataclass
 class CompressedText:
     """A prompt compressed as text, for a target served anywhere (an OpenAI-compatible engine)."""
@@ -152,6 +144,6 @@ def compress_text(draft: nn.Module, tokenizer, text: str, method: SpecPC | None 
     n = ids.shape[1]
     if not method.compresses(n):
         return CompressedText(text, n, n)
-    compressed = compress_prompt(draft, ids, method, stop_token_ids(tokenizer, draft))
+    compressed = method.compress(draft, ids, stop_token_ids(tokenizer, draft))
     kept = ids[0, compressed.positions].tolist()
     return CompressedText(tokenizer.decode(kept), n, len(kept))

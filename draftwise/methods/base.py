@@ -145,8 +145,13 @@ class PromptMethod(Budgeted):
     ``window`` included, in their original order."""
 
     def compress(self, draft: nn.Module | None, input_ids: torch.Tensor, stop_ids: Iterable[int] = ()):
-        """The kept positions of ``input_ids`` ``[1, n]``, as a :class:`draftwise.prompt.CompressedPrompt`."""
-        raise NotImplementedError
+        """The kept positions of ``input_ids`` ``[1, n]``, as a :class:`draftwise.prompt.CompressedPrompt`:
+        by default the :meth:`choose` of the draft's :meth:`token_scores` (methods that need no draft
+        override this)."""
+        from draftwise.prompt import CompressedPrompt
+
+        scores, lookahead_ids = self.token_scores(draft, input_ids, stop_ids)
+        return CompressedPrompt(self.choose(scores), lookahead_ids, scores)
 
     def token_scores(
         self, draft: nn.Module, input_ids: torch.Tensor, stop_ids: Iterable[int] = ()

@@ -44,9 +44,3 @@ class Perplexity(PromptMethod):
 
     def token_scores(self, draft, input_ids, stop_ids=()):
         return surprisal(draft, input_ids).cpu(), None
-
-    def compress(self, draft, input_ids, stop_ids=()):
-        from draftwise.prompt import CompressedPrompt
-
-        scores, _ = self.token_scores(draft, input_ids)
-        return CompressedPrompt(self.choose(scores), None, scores)

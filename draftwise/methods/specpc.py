@@ -53,11 +53,6 @@ class SpecPC(PromptMethod):
             raise ValueError(f"first_layer must be a non-negative integer, got {self.first_layer!r}")
         check_choice("pool", self.pool, ("max", "avg"))
 
-    def compress(self, draft, input_ids, stop_ids=()):
-        from draftwise.prompt import compress_prompt
-
-        return compress_prompt(draft, input_ids, self, stop_ids)
-
     def token_scores(self, draft, input_ids, stop_ids=()):
         from draftwise.prompt import specpc_scores
 
