@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget", type=int, default=256)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--out", default="docs/results/ruler-4k.jsonl")
     args = parser.parse_args()
 
@@ -75,7 +76,7 @@ def main() -> None:
     import kvpress  # noqa: F401  (registers the kv-press-text-generation pipeline)
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, args.dtype)).eval()
     pipe = pipeline("kv-press-text-generation", model=model, tokenizer=tokenizer)
     out = Path(args.out)
     done = set()

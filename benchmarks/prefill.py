@@ -42,12 +42,13 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=256)
     parser.add_argument("--lookahead", type=int, default=24, help="lookahead tokens appended (random ids)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per row (median)")
     parser.add_argument("--out", help="write a Markdown report here")
     args = parser.parse_args()
 
     cuda = torch.device(args.device).type == "cuda"
-    target, tokenizer = load_model(args.target, device=args.device)
+    target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device)
     rows = []
     for length in args.lengths:
         ids = encode(tokenizer, needle_case(tokenizer, context_tokens=length).messages).to(args.device)
@@ -94,13 +95,14 @@ def main() -> None:
     print(table)
     if args.out:
         command = " ".join(["python", *sys.argv])
+        dtype = str(target.dtype).removeprefix("torch.")
         machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
         if cuda:
             machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
         with open(args.out, "w") as handle:
             handle.write(
                 "# Pre-fill: dense vs SpecKV sparse pre-fill\n\n"
-                f"- Command: `{command}`\n- Target: {args.target}, bfloat16, {args.device} ({machine}).\n"
+                f"- Command: `{command}`\n- Target: {args.target}, {dtype}, {args.device} ({machine}).\n"
                 f"- Budget {args.budget}, {args.lookahead} lookahead tokens; median of {args.repeats} "
                 "run(s) per row, one process.\n"
                 + (

@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from draftwise.methods import METHODS, Budgeted, Full, Method, SpecKV, SpecKVPC
-from draftwise.models import DEFAULT_DRAFT, DEFAULT_TARGET, EMBEDDED
+from draftwise.models import DEFAULT_DRAFT, DEFAULT_TARGET, DTYPES, EMBEDDED
 
 
 def build_method(name: str, **options: object) -> Method:
@@ -64,14 +64,14 @@ def _load(args):
     """``(target, draft, tokenizer, draft_tokenizer)`` from ``--target`` and ``--draft``."""
     from draftwise.models import load_model
 
-    target, tokenizer = load_model(args.target, device=args.device)
+    target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device)
     draft, draft_tokenizer = None, None
     if args.draft and args.draft.lower() == "self":
         from draftwise.draft import self_draft
 
         draft = self_draft(target)
     elif args.draft and args.draft.lower() != "none":
-        draft, draft_tokenizer = load_model(args.draft, device=args.device)
+        draft, draft_tokenizer = load_model(args.draft, dtype=args.dtype, device=args.device)
     return target, draft, tokenizer, draft_tokenizer
 
 
@@ -136,7 +136,7 @@ def cmd_compress(args) -> int:
     text = sys.stdin.read()
     if args.question:
         text = text.rstrip("\n") + "\n\n" + args.question
-    draft, tokenizer = load_model(args.draft, device=args.device)
+    draft, tokenizer = load_model(args.draft, dtype=args.dtype, device=args.device)
     out = compress_text(draft, tokenizer, text, method)
     sys.stdout.write(out.text)
     print(f"draftwise: kept {out.tokens_kept} of {out.tokens} tokens", file=sys.stderr)
@@ -224,6 +224,15 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def dtype_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        choices=["auto", *DTYPES],
+        default="auto",
+        help="weights' dtype; auto: bfloat16 where the device computes it natively, else float32 on CPU",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="draftwise", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
@@ -241,6 +250,7 @@ def parser() -> argparse.ArgumentParser:
             help="as --target; 'self' for the target's first half (early exit); 'none'",
         )
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+        dtype_argument(p)
         p.add_argument("--max-new-tokens", type=int, default=64)
 
     gen = sub.add_parser("generate", help="answer a question about a long context")
@@ -268,6 +278,7 @@ def parser() -> argparse.ArgumentParser:
         "--draft", default=DEFAULT_DRAFT, help="embedded name, .gguf file, directory or hub id"
     )
     squeeze.add_argument("--device", default="cpu")
+    dtype_argument(squeeze)
     squeeze.add_argument("--budget", type=int, default=1024, help="tokens to keep (draft's tokenizer)")
     squeeze.add_argument("--window", type=int, help="last tokens always kept (64)")
     squeeze.add_argument("--lookahead", type=int, help="draft tokens generated to score the prompt (1)")

@@ -206,21 +206,58 @@ def _drop_quantization_config(path: Path) -> None:
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def resolve(spec: str, dtype: torch.dtype = torch.bfloat16) -> str:
-    """Where to load ``spec`` from: an embedded name, a ``.gguf`` file, a directory or a hub id."""
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def default_dtype(device: str | torch.device = "cpu") -> torch.dtype:
+    """The fastest safe dtype on ``device``: bfloat16 where the hardware computes it natively (CUDA
+    GPUs with bf16; x86 CPUs with AVX512-BF16 or AMX), float16 on older GPUs, float32 on other CPUs,
+    where emulated bfloat16 is several times slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        cpu = torch.cpu
+        native = (
+            getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+            or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+        )
+        return torch.bfloat16 if native else torch.float32
+    return torch.float32
+
+
+def as_dtype(dtype: torch.dtype | str | None, device: str | torch.device = "cpu") -> torch.dtype:
+    """``dtype`` as a torch dtype; ``None`` or ``"auto"`` gives :func:`default_dtype`."""
+    if dtype is None or dtype == "auto":
+        return default_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
+    name = str(dtype).removeprefix("torch.")
+    name = aliases.get(name, name)
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; choose from auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def resolve(spec: str) -> str:
+    """Where to load ``spec`` from: an embedded name, a ``.gguf`` file, a directory or a hub id.
+
+    GGUF files are de-quantized once into a bfloat16 checkpoint, whatever dtype they are loaded in.
+    """
     if spec in EMBEDDED:
-        return str(convert_gguf(gguf_path(spec), dtype))
+        return str(convert_gguf(gguf_path(spec)))
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"no GGUF file at {path}")
-        return str(convert_gguf(path, dtype))
+        return str(convert_gguf(path))
     return str(path) if path.exists() else spec
 
 
 def load_model(
     spec: str,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | str | None = None,
     device: str | torch.device = "cpu",
     attn_implementation: str | None = None,
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
@@ -229,11 +266,13 @@ def load_model(
     Args:
         spec: an embedded model name (see :data:`EMBEDDED`), a ``.gguf`` file, a checkpoint directory or
             a Hugging Face hub id.
-        dtype: weights' dtype; bfloat16 is 2-3x faster than float32 on recent CPUs.
+        dtype: the weights' dtype (a torch dtype or its name); ``None`` or ``"auto"`` picks
+            :func:`default_dtype` for ``device``.
         attn_implementation: ``"eager"``, ``"sdpa"`` or ``"flash_attention_2"``; transformers' default
             if ``None``.
     """
-    source = resolve(spec, dtype)
+    dtype = as_dtype(dtype, device)
+    source = resolve(spec)
     kwargs = {"dtype": dtype}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
@@ -243,7 +282,7 @@ def load_model(
 
 
 def load_default_pair(
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | str | None = None,
     device: str | torch.device = "cpu",
     attn_implementation: str | None = None,
 ) -> tuple[nn.Module, nn.Module, PreTrainedTokenizerBase]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import tiny_model
 
 from draftwise.cli import build_method, main
@@ -80,3 +81,38 @@ def test_compress_reads_stdin_and_writes_the_kept_text(model_dirs, monkeypatch, 
     assert len(kept) == 50 and kept[-1] == "w9"
     assert "kept 50 of 301 tokens" in captured.err
     assert all(word in words.split() + ["w9"] for word in kept)
+
+
+def test_dtype_option_loads_both_models_in_that_dtype(model_dirs, monkeypatch):
+    from draftwise import cli
+
+    loaded = {}
+    real_load = cli._load
+
+    def spy(args):
+        target, draft, tokenizer, draft_tokenizer = real_load(args)
+        loaded.update(target=target.dtype, draft=draft.dtype)
+        return target, draft, tokenizer, draft_tokenizer
+
+    monkeypatch.setattr(cli, "_load", spy)
+    argv = ["generate", "--target", model_dirs["target"], "--draft", model_dirs["draft"], "--question", "w7"]
+    argv += ["--max-new-tokens", "2", "--json"]
+    assert main([*argv, "--dtype", "bfloat16"]) == 0
+    assert loaded == {"target": torch.bfloat16, "draft": torch.bfloat16}
+    assert main([*argv, "--dtype", "float32"]) == 0
+    assert loaded == {"target": torch.float32, "draft": torch.float32}
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch):
+    from draftwise.models import as_dtype, default_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert default_dtype("cpu") == torch.float32
+    assert as_dtype("auto") == as_dtype(None) == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert default_dtype("cpu") == torch.bfloat16
+    assert as_dtype("bf16") == as_dtype("torch.bfloat16") == torch.bfloat16
+    assert as_dtype(torch.float16) == as_dtype("half") == torch.float16
+    with pytest.raises(ValueError, match="unsupported dtype 'int8'"):
+        as_dtype("int8")

@@ -73,6 +73,7 @@ def test_run_resumes_where_it_stopped_and_summarizes(qwen_tokenizer, tmp_path):
     assert {(r["index"], r["label"]) for r in first}.isdisjoint((r["index"], r["label"]) for r in rest)
     for r in records:
         assert 0 <= r["score"] <= 1 and r["new_tokens"] <= 4
+        assert (r["dtype"], r["device"]) == (str(target.dtype).removeprefix("torch."), "cpu")
         if r["label"] == "snapkv@64":
             assert r["kv_pairs_kept"] == 64
 

@@ -180,6 +180,8 @@ def run_ruler(
                             "answers": case.answers,
                             **result.stats.as_dict(),
                             "peak_rss_mib": peak_rss_mib(),
+                            "dtype": str(target.dtype).removeprefix("torch."),
+                            "device": str(target.device),
                         }
                         sink.write(json.dumps(record) + "\n")
                         sink.flush()

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from draftwise.cli import dtype_argument
 from draftwise.methods import METHODS
 from draftwise.models import DEFAULT_DRAFT, DEFAULT_TARGET
 from draftwise.serve.limits import (
@@ -28,6 +29,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     parser.add_argument("--draft", default=DEFAULT_DRAFT, help="as --target; 'none' for no draft")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    dtype_argument(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model-name", help="the name clients pass as `model` (default: --target)")
@@ -120,7 +122,7 @@ def serve(args: argparse.Namespace) -> int:
     if upstream:
         if not args.draft or args.draft.lower() == "none":
             raise ValueError("--upstream needs a --draft model to compress prompts with")
-        draft, tokenizer = load_model(args.draft, device=args.device)
+        draft, tokenizer = load_model(args.draft, dtype=args.dtype, device=args.device)
         app = create_app(
             None,
             draft,
@@ -137,10 +139,10 @@ def serve(args: argparse.Namespace) -> int:
         )
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
         return 0
-    target, tokenizer = load_model(args.target, device=args.device)
+    target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device)
     draft = None
     if args.draft and args.draft.lower() != "none":
-        draft, _ = load_model(args.draft, device=args.device)
+        draft, _ = load_model(args.draft, dtype=args.dtype, device=args.device)
     app = create_app(
         target,
         draft,
