@@ -29,6 +29,7 @@ class HeadMaskedAttention(AttentionOverride):
     def __init__(self, model: nn.Module, valid: dict[int, torch.Tensor]) -> None:
         super().__init__(model)
         self.valid = valid
+        self._masks: dict[int, torch.Tensor] = {}  # layer -> additive [B, H, 1, capacity]
 
     def __enter__(self) -> HeadMaskedAttention:
         implementation = self.model.config._attn_implementation
@@ -45,15 +46,24 @@ class HeadMaskedAttention(AttentionOverride):
         return sys.modules[type(module).__module__].eager_attention_forward
 
     def mask(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor | None:
-        """Additive mask ``[B, H, q, K]`` hiding the padded positions of ``module``'s layer."""
-        valid = self.valid.get(module.layer_idx)
+        """Additive mask ``[B, H, q, K]`` hiding the padded positions of ``module``'s layer.
+
+        Built once per layer with room for the tokens to come (zeros: always visible), then sliced,
+        so a decoding step adds no work per layer beyond attention itself.
+        """
+        layer = module.layer_idx
+        valid = self.valid.get(layer)
         if valid is None:
             return None
-        extra = key.shape[2] - valid.shape[-1]
-        valid = torch.cat([valid, valid.new_ones(*valid.shape[:2], extra)], dim=-1).to(key.device)
-        valid = valid.repeat_interleave(query.shape[1] // key.shape[1], dim=1)[:, :, None]  # [B, H, 1, K]
-        hidden = torch.zeros(valid.shape, dtype=query.dtype, device=query.device)
-        return hidden.masked_fill(~valid, torch.finfo(query.dtype).min).expand(-1, -1, query.shape[2], -1)
+        length = key.shape[2]
+        mask = self._masks.get(layer)
+        if mask is None or mask.shape[-1] < length or mask.dtype != query.dtype:
+            capacity = max(length, valid.shape[-1]) + 256
+            valid = torch.cat([valid, valid.new_ones(*valid.shape[:2], capacity - valid.shape[-1])], dim=-1)
+            valid = valid.to(key.device).repeat_interleave(query.shape[1] // key.shape[1], dim=1)[:, :, None]
+            hidden = torch.zeros(valid.shape, dtype=query.dtype, device=query.device)
+            mask = self._masks[layer] = hidden.masked_fill(~valid, torch.finfo(query.dtype).min)
+        return mask[..., :length].expand(-1, -1, query.shape[2], -1)
 
     def attention(self, module, query, key, value, attention_mask, **kwargs):
         padding = self.mask(module, query, key)
