@@ -12,10 +12,7 @@ layer); AdaKV pads unequal heads and masks the padding. Usage (after scripts/set
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-
-import torch
 
 from draftwise.bench.needle import needle_case
 from draftwise.cli import build_method
@@ -23,6 +20,7 @@ from draftwise.decoding import decode
 from draftwise.generate import encode
 from draftwise.models import DEFAULT_TARGET, load_model
 from draftwise.reuse import Reuse
+from draftwise.timing import machine as describe_machine
 from draftwise.timing import now
 
 
@@ -70,9 +68,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.out:
-        machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-        if torch.device(args.device).type == "cuda":
-            machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+        machine = describe_machine(args.device)
         dtype = str(target.dtype).removeprefix("torch.")
         with open(args.out, "w") as handle:
             handle.write(

@@ -10,14 +10,12 @@ Usage (after scripts/setup.sh):
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-
-import torch
 
 from draftwise import Full, generate, load_model
 from draftwise.bench.needle import needle_case
 from draftwise.models import DEFAULT_TARGET, default_dtype
+from draftwise.timing import machine as describe_machine
 
 
 def main() -> None:
@@ -61,7 +59,7 @@ def main() -> None:
     print(table)
     if args.out:
         auto = str(default_dtype(args.device)).removeprefix("torch.")
-        machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        machine = describe_machine(args.device)
         with open(args.out, "w") as handle:
             handle.write(
                 "# Target speed per dtype\n\n"

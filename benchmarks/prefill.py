@@ -13,7 +13,6 @@ its peak GPU memory is the allocator's peak during one run.
 from __future__ import annotations
 
 import argparse
-import platform
 import resource
 import statistics
 import sys
@@ -26,6 +25,7 @@ from draftwise.bench.needle import needle_case
 from draftwise.generate import encode
 from draftwise.models import DEFAULT_TARGET
 from draftwise.prefill import prefill
+from draftwise.timing import machine as describe_machine
 
 
 def peak_rss_mib() -> float:
@@ -96,9 +96,7 @@ def main() -> None:
     if args.out:
         command = " ".join(["python", *sys.argv])
         dtype = str(target.dtype).removeprefix("torch.")
-        machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-        if cuda:
-            machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+        machine = describe_machine(args.device)
         with open(args.out, "w") as handle:
             handle.write(
                 "# Pre-fill: dense vs SpecKV sparse pre-fill\n\n"

@@ -12,3 +12,14 @@ def now() -> float:
     if torch.cuda.is_initialized():
         torch.cuda.synchronize()
     return time.perf_counter()
+
+
+def machine(device: str | torch.device = "cpu") -> str:
+    """What timings were taken on, for reports: the GPU's name, or the CPU with its thread count."""
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    import platform
+
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    bf16 = "native bf16" if native else "no native bf16"
+    return f"{platform.machine()}, {torch.get_num_threads()} threads, {bf16}, torch {torch.__version__}"
