@@ -43,8 +43,8 @@ def check_same_vocabulary(target: nn.Module, draft: nn.Module) -> None:
     t, d = vocabulary_size(target), vocabulary_size(draft)
     if t != d:
         raise ValueError(
-            f"the draft's vocabulary ({d} tokens) differs from the target's ({t} tokens): draftwise "
-            "needs a draft that shares the target's tokenizer (cross-tokenizer drafts are not supported yet)"
+            f"the draft's vocabulary ({d} tokens) differs from the target's ({t} tokens): pass the "
+            "draft's own tokenizer as draft_tokenizer=... so that it reads the prompt as text"
         )
 
 
