@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from draftwise.bench.needle import needle_case
-from draftwise.cli import build_method
+from draftwise.cli import build_method, dtype_argument
 from draftwise.decoding import decode
 from draftwise.generate import encode
 from draftwise.models import DEFAULT_TARGET, load_model
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096, help="haystack length in tokens")
     parser.add_argument("--steps", type=int, default=32, help="tokens decoded per method")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="auto")
+    dtype_argument(parser)
     parser.add_argument("--out", help="write a Markdown report here")
     args = parser.parse_args()
 
@@ -50,9 +50,10 @@ def main() -> None:
     rows = []
     for i, (label, method) in enumerate(methods):
         print(f"{label} ...", file=sys.stderr, flush=True)
-        filled, _ = reuse.prefill(target, ids, None if label == "full" else method, None)
+        kv_method = None if label == "full" else method
+        filled, _ = reuse.prefill(target, ids, kv_method, None)
         if i == 0:  # warm-up on a copy of the first cache: first-call set-up is not timed
-            warm, _ = reuse.prefill(target, ids, None if label == "full" else method, None)
+            warm, _ = reuse.prefill(target, ids, kv_method, None)
             decode(target, warm.cache, warm.logits, n, 2, valid=warm.valid)
             del warm
         kept = filled.cache.layers[0].keys.shape[2]

@@ -22,6 +22,7 @@ import torch
 
 from draftwise import SpecKV, load_model
 from draftwise.bench.needle import needle_case
+from draftwise.cli import dtype_argument
 from draftwise.generate import encode
 from draftwise.models import DEFAULT_TARGET
 from draftwise.prefill import prefill
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=256)
     parser.add_argument("--lookahead", type=int, default=24, help="lookahead tokens appended (random ids)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+    dtype_argument(parser)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per row (median)")
     parser.add_argument("--out", help="write a Markdown report here")
     args = parser.parse_args()

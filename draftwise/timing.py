@@ -20,6 +20,7 @@ def machine(device: str | torch.device = "cpu") -> str:
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     import platform
 
-    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    bf16 = "native bf16" if native else "no native bf16"
+    from draftwise.models import cpu_has_native_bf16
+
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
     return f"{platform.machine()}, {torch.get_num_threads()} threads, {bf16}, torch {torch.__version__}"
