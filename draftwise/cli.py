@@ -206,6 +206,25 @@ def cmd_bench_ruler(args) -> int:
     return 0
 
 
+def cmd_bench_samples(args) -> int:
+    from transformers import AutoTokenizer
+
+    from draftwise.bench import ruler
+    from draftwise.models import resolve
+
+    tasks = args.tasks or list(ruler.TASKS)
+    unknown = [t for t in tasks if t not in ruler.TASKS]
+    if unknown:
+        raise ValueError(f"unknown RULER task(s) {', '.join(unknown)}; tasks: {', '.join(ruler.TASKS)}")
+    tokenizer = AutoTokenizer.from_pretrained(resolve(args.target))
+    for length in args.lengths:
+        for task in tasks:
+            cases = ruler.load_or_generate(task, tokenizer, length, args.samples, seed=args.seed)
+            tokens = [case.prompt_tokens for case in cases]
+            print(f"{task} at {length}: {len(cases)} samples, {min(tokens)}-{max(tokens)} prompt tokens")
+    return 0
+
+
 def cmd_bench_summary(args) -> int:
     from draftwise.bench.harness import read_records, summarize, summary_markdown
 
@@ -307,6 +326,17 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", default="results/ruler.jsonl", help="JSONL results file (appended, resumable)")
     run.set_defaults(func=cmd_bench_ruler)
+    samples = bench.add_parser(
+        "samples", help="generate and cache RULER samples with the target's tokenizer (no weights loaded)"
+    )
+    samples.add_argument(
+        "--target", default=DEFAULT_TARGET, help="embedded name, .gguf file, directory or hub id"
+    )
+    samples.add_argument("--lengths", type=_csv(int), default=[4096])
+    samples.add_argument("--tasks", type=_csv(str), help="default: all 13")
+    samples.add_argument("--samples", type=int, default=5)
+    samples.add_argument("--seed", type=int, default=0)
+    samples.set_defaults(func=cmd_bench_samples)
     summary = bench.add_parser("summary", help="print the tables of a results file")
     summary.add_argument("results")
     summary.set_defaults(func=cmd_bench_summary)

@@ -130,3 +130,20 @@ def test_plots_compare_only_the_tasks_every_method_answered(tmp_path):
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match="share no task"):
         plot_results(out, tmp_path / "figs")
+
+
+def test_samples_command_caches_what_the_harness_reads(qwen_tokenizer, tmp_path, monkeypatch, capsys):
+    from draftwise.bench import ruler
+
+    target = resolve("qwen2.5-coder-0.5b-instruct")  # before the cache moves
+    monkeypatch.setenv("DRAFTWISE_CACHE", str(tmp_path))
+    argv = ["bench", "samples", "--target", target, "--tasks", "niah_single_1,vt", "--lengths", "1024"]
+    assert main([*argv, "--samples", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "niah_single_1 at 1024: 2 samples" in printed and "vt at 1024: 2 samples" in printed
+    cached = sorted(p.name for p in (tmp_path / "ruler").glob("*.jsonl"))
+    assert len(cached) == 2 and all("_L1024_n2_s0_" in name for name in cached)
+    monkeypatch.setattr(ruler, "generate_task", lambda *a, **k: pytest.fail("regenerated a cached task"))
+    assert len(ruler.load_or_generate("vt", qwen_tokenizer, 1024, 2)) == 2  # the harness's own call
+    assert main(["bench", "samples", "--target", target, "--tasks", "nope"]) == 2
+    assert "unknown RULER task(s) nope" in capsys.readouterr().err
