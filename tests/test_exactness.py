@@ -85,3 +85,25 @@ def test_pruning_machinery_keeping_everything_is_exact(arch):
     assert torch.equal(pruned.logits, full.logits)
     got = decode(target, pruned.cache, pruned.logits, N, NEW)
     assert torch.equal(got, expected)
+
+
+def test_a_draft_in_another_dtype(tokenizer):
+    """A bfloat16 draft for a float32 target (e.g. a draft loaded as shipped beside a target loaded in
+    float32): the draft's ids and scores cross over, budgets >= the prompt stay exact, and a small
+    budget keeps exactly that many positions."""
+    target = tiny_model("qwen2", seed=0, attn="sdpa")
+    draft = tiny_model("qwen2", seed=1, attn="sdpa", layers=2).to(torch.bfloat16)
+    ids = random_ids(N)
+    full = generate(target, draft, tokenizer, ids, method=Full(), max_new_tokens=NEW)
+    drafted = [
+        lambda b: SpecKV(budget=b, window=8, lookahead=6),
+        lambda b: SpecPC(budget=b, window=8, neighbourhood=4, kernel=4, first_layer=1),
+        lambda b: SpecKVPC(kv_budget=b, prompt_budget=b, kv_window=8, prompt_window=8, lookahead=4),
+        lambda b: Perplexity(budget=b, window=8),
+    ]
+    for make in drafted:
+        out = generate(target, draft, tokenizer, ids, method=make(N), max_new_tokens=NEW)
+        assert out.token_ids == full.token_ids, make(N)
+        small = generate(target, draft, tokenizer, ids, method=make(32), max_new_tokens=NEW)
+        assert len(small.token_ids) >= 1
+        assert small.stats.kv_bytes < full.stats.kv_bytes, make(32)
