@@ -46,6 +46,8 @@ def test_build_entries():
     assert methods["specpc@512"] == SpecPC(budget=512)
     assert methods["speckvpc@64"] == SpecKVPC(kv_budget=64, prompt_budget=512)
     assert methods["ada-speckv@64"] == AdaKV(budget=64, lookahead=None)
+    (like_kvpress,) = build_entries(["snapkv-kvpress"], [256], [])
+    assert like_kvpress.method == SnapKV(budget=256, window=64, kernel=5, pool="avg", reduce="mean")
     with pytest.raises(ValueError, match="unknown method"):
         build_entries(["magic"], [64], [256])
 

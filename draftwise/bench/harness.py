@@ -43,6 +43,9 @@ ALIASES: dict[str, tuple[type[Method], dict]] = {
     "ada-speckv": (AdaKV, {"lookahead": None}),
     "pyramid-speckv": (PyramidKV, {"lookahead": None}),
     "snapkv-caote": (SnapKV, {"caote": True}),
+    # SnapKV as kvpress 0.5.5's SnapKVPress sets it: 64 observation queries, their attention averaged
+    # (over queries and grouped heads) and smoothed by a width-5 average
+    "snapkv-kvpress": (SnapKV, {"window": 64, "kernel": 5, "pool": "avg", "reduce": "mean"}),
     "h2o-caote": (H2O, {"caote": True}),
     "tova-caote": (TOVA, {"caote": True}),
 }
