@@ -178,15 +178,22 @@ def _csv(kind):
     return lambda text: [kind(part) for part in text.split(",") if part.strip()]
 
 
-def cmd_bench_ruler(args) -> int:
+def _ruler_tasks(names: list[str] | None) -> list[str]:
+    """The RULER tasks asked for (all 13 when none), checked by name."""
     from draftwise.bench import ruler
-    from draftwise.bench.harness import build_entries, read_records, run_ruler, summarize, summary_markdown
 
-    entries = build_entries(args.methods, args.budgets, args.prompt_budgets)
-    tasks = args.tasks or list(ruler.TASKS)
+    tasks = names or list(ruler.TASKS)
     unknown = [t for t in tasks if t not in ruler.TASKS]
     if unknown:
         raise ValueError(f"unknown RULER task(s) {', '.join(unknown)}; tasks: {', '.join(ruler.TASKS)}")
+    return tasks
+
+
+def cmd_bench_ruler(args) -> int:
+    from draftwise.bench.harness import build_entries, read_records, run_ruler, summarize, summary_markdown
+
+    entries = build_entries(args.methods, args.budgets, args.prompt_budgets)
+    tasks = _ruler_tasks(args.tasks)
     target, draft, tokenizer, draft_tokenizer = _load(args)
     for _ in run_ruler(
         target,
@@ -212,10 +219,7 @@ def cmd_bench_samples(args) -> int:
     from draftwise.bench import ruler
     from draftwise.models import resolve
 
-    tasks = args.tasks or list(ruler.TASKS)
-    unknown = [t for t in tasks if t not in ruler.TASKS]
-    if unknown:
-        raise ValueError(f"unknown RULER task(s) {', '.join(unknown)}; tasks: {', '.join(ruler.TASKS)}")
+    tasks = _ruler_tasks(args.tasks)
     tokenizer = AutoTokenizer.from_pretrained(resolve(args.target))
     for length in args.lengths:
         for task in tasks:
@@ -243,6 +247,10 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def target_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default=DEFAULT_TARGET, help="embedded name, .gguf file, directory or hub id")
+
+
 def dtype_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
@@ -260,9 +268,7 @@ def parser() -> argparse.ArgumentParser:
     setup.set_defaults(func=cmd_setup)
 
     def models(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--target", default=DEFAULT_TARGET, help="embedded name, .gguf file, directory or hub id"
-        )
+        target_argument(p)
         p.add_argument(
             "--draft",
             default=DEFAULT_DRAFT,
@@ -329,9 +335,7 @@ def parser() -> argparse.ArgumentParser:
     samples = bench.add_parser(
         "samples", help="generate and cache RULER samples with the target's tokenizer (no weights loaded)"
     )
-    samples.add_argument(
-        "--target", default=DEFAULT_TARGET, help="embedded name, .gguf file, directory or hub id"
-    )
+    target_argument(samples)
     samples.add_argument("--lengths", type=_csv(int), default=[4096])
     samples.add_argument("--tasks", type=_csv(str), help="default: all 13")
     samples.add_argument("--samples", type=int, default=5)

@@ -8,9 +8,9 @@ import logging
 import os
 import sys
 
-from draftwise.cli import dtype_argument
+from draftwise.cli import dtype_argument, target_argument
 from draftwise.methods import METHODS
-from draftwise.models import DEFAULT_DRAFT, DEFAULT_TARGET
+from draftwise.models import DEFAULT_DRAFT
 from draftwise.serve.limits import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONCURRENCY,
@@ -24,9 +24,7 @@ log = logging.getLogger("draftwise.serve")
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``serve`` options to ``parser`` (a sub-command's parser) and set ``func=serve``."""
-    parser.add_argument(
-        "--target", default=DEFAULT_TARGET, help="embedded name, .gguf file, directory or hub id"
-    )
+    target_argument(parser)
     parser.add_argument("--draft", default=DEFAULT_DRAFT, help="as --target; 'none' for no draft")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     dtype_argument(parser)
