@@ -90,7 +90,7 @@ def test_pruning_machinery_keeping_everything_is_exact(arch):
 def test_a_draft_in_another_dtype(tokenizer):
     """A bfloat16 draft for a float32 target (e.g. a draft loaded as shipped beside a target loaded in
     float32): the draft's ids and scores cross over, budgets >= the prompt stay exact, and a small
-    budget keeps exactly that many positions."""
+    budget keeps less than Full's cache."""
     target = tiny_model("qwen2", seed=0, attn="sdpa")
     draft = tiny_model("qwen2", seed=1, attn="sdpa", layers=2).to(torch.bfloat16)
     ids = random_ids(N)
