@@ -81,9 +81,12 @@ class QueryRecorder:
             handle.remove()
         self._handles.clear()
 
-    def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
-        if self.last <= 0 or threading.get_ident() != self._thread:  # another thread's forward pass
+    def _hook(self, module: nn.Module, args: tuple, *kwargs_and_output: object) -> None:
+        # Another thread's forward pass fires this hook too, and torch registers and removes a hook with
+        # kwargs in two steps: a forward running in between calls it as hook(module, args, output).
+        if self.last <= 0 or threading.get_ident() != self._thread:
             return
+        kwargs, _ = kwargs_and_output  # our own forward: always hook(module, args, kwargs, output)
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         cos, sin = kwargs["position_embeddings"] if "position_embeddings" in kwargs else args[1]
         take = min(self.last, hidden.shape[1])

@@ -44,3 +44,29 @@ def test_recorder_removes_its_hooks():
     with QueryRecorder(model, last=2):
         pass
     assert all(not m._forward_hooks for m in attention_modules(model))
+
+
+def test_recorder_ignores_another_threads_forward_caught_mid_registration():
+    """torch registers a kwargs hook in two steps (the hook, then its with-kwargs flag), so another
+    thread's forward in between calls it as hook(module, args, output): that must not fail."""
+    import threading
+
+    model = tiny_model("qwen2")
+    ids = torch.tensor([random_ids(12, seed=1)])
+    errors = []
+
+    def forward_elsewhere():
+        try:
+            with torch.no_grad():
+                model(input_ids=ids)
+        except Exception as error:  # noqa: BLE001 - the test reports what the other thread hit
+            errors.append(error)
+
+    with QueryRecorder(model, last=2) as recorder:
+        for module in attention_modules(model):
+            module._forward_hooks_with_kwargs.clear()  # the state between torch's two steps
+        thread = threading.Thread(target=forward_elsewhere)
+        thread.start()
+        thread.join()
+    assert errors == []
+    assert not recorder._chunks  # another thread's queries are not recorded
