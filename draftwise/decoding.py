@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -16,30 +17,45 @@ from transformers.generation.logits_process import (
 
 from draftwise.headmask import HeadMaskedAttention
 
+GREEDY_BELOW = 1e-5  # temperatures below this decode greedily, as in vLLM (logits / t would overflow)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
 
 @dataclass
 class Sampler:
-    """Greedy when ``temperature`` is 0; otherwise temperature and nucleus (top-p) sampling, seeded."""
+    """Greedy when ``temperature`` is 0 (or below ``GREEDY_BELOW``); otherwise temperature and nucleus
+    (top-p) sampling, seeded."""
 
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not (_is_number(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not (_is_number(self.top_p) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and not (
+            isinstance(self.seed, int) and not isinstance(self.seed, bool) and -(2**63) <= self.seed < 2**64
+        ):
+            raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {self.seed!r}")
         self._generator: torch.Generator | None = None
         self._warpers = LogitsProcessorList()
-        if self.temperature > 0:
-            self._warpers.append(TemperatureLogitsWarper(self.temperature))
+        if not self.greedy:
+            self._warpers.append(TemperatureLogitsWarper(float(self.temperature)))
             if self.top_p < 1:
-                self._warpers.append(TopPLogitsWarper(self.top_p))
+                self._warpers.append(TopPLogitsWarper(float(self.top_p)))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """Next token ``[B]`` from logits ``[B, V]``."""
-        if self.temperature == 0:
+        if self.greedy:
             return logits.argmax(dim=-1)
         if self._generator is None or self._generator.device != logits.device:
             self._generator = torch.Generator(device=logits.device)

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from draftwise.cache import cache_bytes, full_cache_bytes, kept_per_head
-from draftwise.checks import check_architecture, check_context, check_same_vocabulary
+from draftwise.checks import check_architecture, check_draft_room, check_method, check_same_vocabulary
 from draftwise.decoding import Sampler, decode, stop_token_ids
-from draftwise.mapping import render, same_tokenizer
-from draftwise.methods import Full, KVMethod, Method, PromptMethod, SpecKV, SpecKVPC, SpecPC
+from draftwise.mapping import same_tokenizer, tokenize
+from draftwise.methods import Full, KVMethod, Method, PromptMethod, SpecKV, SpecKVPC
 from draftwise.prefill import prefill
 from draftwise.readers import OwnTokens, SharedTokens
 from draftwise.reuse import Reuse
@@ -64,13 +64,13 @@ def encode(tokenizer, prompt: Prompt) -> torch.Tensor:
     if isinstance(prompt, str):
         if not prompt.strip():
             raise ValueError("the prompt is empty")
-        return render(tokenizer, prompt).ids
+        return tokenize(tokenizer, prompt)
     if is_messages(prompt):
-        if not any(str(m.get("content", "")).strip() for m in prompt):
+        if not any(isinstance(m.get("content"), str) and m["content"].strip() for m in prompt):
             raise ValueError("the chat messages are empty")
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError("the tokenizer has no chat template: pass the prompt as plain text")
-        return render(tokenizer, prompt).ids
+        return tokenize(tokenizer, prompt)
     if isinstance(prompt, Sequence) and all(isinstance(t, int) for t in prompt):
         return torch.tensor([list(prompt)], dtype=torch.long)
     raise TypeError(
@@ -138,7 +138,7 @@ def generate(
     n = input_ids.shape[1]
     if n == 0:
         raise ValueError("the prompt is empty")
-    check_context(target, n, max_new_tokens, "target")
+    need = check_method(method, target, n, max_new_tokens)
     compresses = method.compresses(n)
     stops = stop_token_ids(tokenizer, target)
     reader: SharedTokens | OwnTokens = SharedTokens(draft, input_ids, stops, reuse)
@@ -152,21 +152,19 @@ def generate(
             reader = OwnTokens(draft, draft_tokenizer, tokenizer, prompt)
         else:
             check_same_vocabulary(target, draft)
+        check_draft_room(draft, reader.length, need)
     start = now()
 
     kept_ids, lookahead_ids, draft_seconds = input_ids, None, 0.0
     prompt_stage = method.prompt_stage() if isinstance(method, SpecKVPC) else method
     kv_stage = method.kv_stage() if isinstance(method, SpecKVPC) else method
     if isinstance(prompt_stage, PromptMethod) and prompt_stage.compresses(n):
-        if isinstance(prompt_stage, SpecPC):
-            check_context(draft, reader.length, prompt_stage.lookahead + 1, "draft")
         compressed, draft_seconds = reader.compress(prompt_stage)
         kept_ids, lookahead_ids = input_ids[:, compressed.positions], compressed.lookahead_ids
     shared = reuse if reuse is not None and kept_ids is input_ids else None
     if isinstance(kv_stage, KVMethod) and kv_stage.compresses(kept_ids.shape[1]):
         steps = kv_stage.lookahead_length(max_new_tokens)
         if steps and lookahead_ids is None:
-            check_context(draft, reader.length, steps, "draft")
             lookahead_ids, seconds = reader.lookahead(steps)
             draft_seconds += seconds
         lookahead_ids = lookahead_ids if steps else None

@@ -6,13 +6,20 @@ tokenizer, each token's character span and where each message's content sits in 
 :func:`transfer_scores` carries per-token scores from one tokenization to another through the content
 characters they cover. Tokens outside the content (template and special tokens) score ``+inf``: they
 are always kept.
+
+Content coordinates are the characters of the messages' contents as given, one after another. A
+template that trims a content (Llama 3, Gemma) renders a part of it; that part is found by its
+stripped text, and the trimmed characters have no token. A content a template changes beyond that is
+not located: its tokens count as template tokens (kept).
 """
 
 from __future__ import annotations
 
+import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import jinja2
 import torch
 
 
@@ -23,14 +30,13 @@ class Rendered:
     ids: torch.Tensor  # [1, n]
     offsets: list[tuple[int, int]]  # per token, its character span in `text` ((0, 0) for added specials)
     text: str
-    contents: list[tuple[int, int]]  # each message content's span in `text`, in order
+    contents: list[tuple[int, int]]  # each located message content's span in `text`, in order
+    anchors: list[int]  # where each of `contents` starts in content coordinates
+    content_length: int  # characters of all contents as given
 
     def content_spans(self) -> list[tuple[int, int] | None]:
-        """Per token, the span it covers in the concatenated contents, or ``None`` outside them."""
-        bases, base = [], 0
-        for start, end in self.contents:
-            bases.append(base - start)
-            base += end - start
+        """Per token, the span it covers in content coordinates, or ``None`` outside the contents."""
+        bases = [anchor - start for (start, _), anchor in zip(self.contents, self.anchors, strict=True)]
         spans: list[tuple[int, int] | None] = []
         for a, b in self.offsets:
             span = None
@@ -41,13 +47,67 @@ class Rendered:
             spans.append(span)
         return spans
 
-    @property
-    def content_length(self) -> int:
-        return sum(end - start for start, end in self.contents)
-
 
 def messages_of(prompt: str | Sequence[dict]) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def _content(message: dict) -> str:
+    content = message.get("content")
+    if content is None:
+        return ""
+    if not isinstance(content, str):
+        raise TypeError(f"a message's content must be a string, got {type(content).__name__}")
+    return content
+
+
+def apply_template(tokenizer, messages: list[dict]) -> str:
+    """The chat template's text for ``messages``, continuing a final assistant message (the start of
+    the answer); a template that refuses the messages (``raise_exception``) raises ``ValueError``."""
+    answering = messages[-1].get("role") == "assistant"
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=not answering, continue_final_message=answering
+        )
+    except jinja2.TemplateError as error:
+        raise ValueError(f"the chat template refused these messages: {error}") from None
+
+
+def _locate(text: str, content: str, cursor: int) -> tuple[int, int, int] | None:
+    """``(start, end, skipped)``: where ``content`` (or, trimmed by the template, its stripped text,
+    after ``skipped`` leading characters) sits in ``text`` from ``cursor`` on; ``None`` if nowhere."""
+    start = text.find(content, cursor)
+    if start >= 0:
+        return start, start + len(content), 0
+    stripped = content.strip()
+    start = text.find(stripped, cursor) if stripped else -1
+    if start >= 0:
+        return start, start + len(stripped), len(content) - len(content.lstrip())
+    return None
+
+
+def _layout(tokenizer, prompt: str | Sequence[dict]) -> tuple[str, bool, list[str]]:
+    """``(text, special, contents)``: the text ``tokenizer``'s model reads for ``prompt``, whether the
+    tokenizer adds its own special tokens to it, and the messages' contents."""
+    if isinstance(prompt, str):
+        return prompt, True, [prompt]
+    contents = [_content(m) for m in prompt]
+    if getattr(tokenizer, "chat_template", None):
+        return apply_template(tokenizer, list(prompt)), False, contents
+    return "\n\n".join(contents), True, contents
+
+
+def _ids(ids: list[int]) -> torch.Tensor:
+    """``[1, n]`` from a list, through a buffer (``torch.tensor`` of a long list holds the GIL for long)."""
+    if not ids:
+        return torch.zeros(1, 0, dtype=torch.long)
+    return torch.frombuffer(array.array("q", ids), dtype=torch.long)[None]
+
+
+def tokenize(tokenizer, prompt: str | Sequence[dict]) -> torch.Tensor:
+    """The token ids ``[1, n]`` of :func:`render`, without the offsets (the same tokenizer's path)."""
+    text, special, _ = _layout(tokenizer, prompt)
+    return _ids(tokenizer(text, add_special_tokens=special).input_ids)
 
 
 def render(tokenizer, prompt: str | Sequence[dict]) -> Rendered:
@@ -58,31 +118,20 @@ def render(tokenizer, prompt: str | Sequence[dict]) -> Rendered:
     lines, with the tokenizer's own special tokens (such as BOS). Messages ending with an assistant
     message are continued from it (the start of the answer, such as RULER's answer prefix).
     """
-    if isinstance(prompt, str):
-        text, special, contents = prompt, True, [prompt]
-    else:
-        contents = [str(m.get("content", "")) for m in prompt]
-        if getattr(tokenizer, "chat_template", None):
-            answering = prompt[-1].get("role") == "assistant"
-            text = tokenizer.apply_chat_template(
-                list(prompt),
-                tokenize=False,
-                add_generation_prompt=not answering,
-                continue_final_message=answering,
-            )
-            special = False
-        else:
-            text, special = "\n\n".join(contents), True
+    text, special, contents = _layout(tokenizer, prompt)
     encoded = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
-    spans, cursor = [], 0
+    spans, anchors, cursor, anchor = [], [], 0, 0
     for content in contents:
-        start = text.find(content, cursor)
-        if start < 0:
-            raise ValueError("the chat template changed a message's content; cannot align tokenizers")
-        spans.append((start, start + len(content)))
-        cursor = start + len(content)
-    ids = torch.tensor([encoded["input_ids"]], dtype=torch.long)
-    return Rendered(ids, [tuple(o) for o in encoded["offset_mapping"]], text, spans)
+        found = _locate(text, content, cursor)
+        if found is not None:
+            start, end, skipped = found
+            spans.append((start, end))
+            anchors.append(anchor + skipped)
+            cursor = end
+        anchor += len(content)
+    ids = _ids(encoded["input_ids"])
+    offsets = [tuple(o) for o in encoded["offset_mapping"]]
+    return Rendered(ids, offsets, text, spans, anchors, anchor)
 
 
 def transfer_scores(source: Rendered, scores: torch.Tensor, target: Rendered) -> torch.Tensor:

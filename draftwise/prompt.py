@@ -11,29 +11,52 @@ from transformers import DynamicCache
 
 from draftwise.attention import QueryRecorder, attention_modules, module_attention_rows
 from draftwise.cache import prunable_layers
+from draftwise.checks import check_draft_room, check_memory, context_length, peak_bytes
 from draftwise.decoding import decode, stop_token_ids
 from draftwise.methods.specpc import SpecPC
 from draftwise.scoring import smooth
 
 
-def neighbourhood_offsets(size: int) -> list[int]:
-    """Offsets of a centred neighbourhood of ``size`` tokens, nearest first: 0, -1, +1, -2, +2, ..."""
-    offsets = [0]
-    step = 1
-    while len(offsets) < size:
-        offsets.append(-step)
-        if len(offsets) < size:
-            offsets.append(step)
-        step += 1
-    return offsets[:size]
+class _FreeRuns:
+    """The prefix positions not kept yet, with the nearest free one on either side of any position in
+    near-constant time (union-find with path halving), so growing neighbourhoods costs O(n) in all."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.kept = bytearray(size)
+        self._left = list(range(size + 1))  # index i + 1 stands for position i; 0 for "none left"
+        self._right = list(range(size + 1))  # index i for position i; size for "none right"
+
+    def left_of(self, i: int) -> int:
+        """The nearest free position <= ``i`` (-1 if none)."""
+        parent, j = self._left, i + 1
+        while parent[j] != j:
+            parent[j] = parent[parent[j]]
+            j = parent[j]
+        return j - 1
+
+    def right_of(self, i: int) -> int:
+        """The nearest free position >= ``i`` (``size`` if none)."""
+        parent, j = self._right, i
+        while parent[j] != j:
+            parent[j] = parent[parent[j]]
+            j = parent[j]
+        return j
+
+    def keep(self, i: int) -> None:
+        self.kept[i] = 1
+        self._left[i + 1] = i
+        self._right[i] = i + 1
 
 
 def select_tokens(scores: torch.Tensor, budget: int, window: int, neighbourhood: int = 1) -> torch.Tensor:
     """Choose ``min(budget, n)`` token positions from scores ``[n]``, in ascending order.
 
     The last ``window`` tokens are always kept. The other places go, in descending score order, to
-    each scored token and its neighbourhood of ``neighbourhood`` tokens (nearest first), skipping
-    tokens already kept, until ``budget`` tokens are kept. Ties go to the earlier position.
+    each scored token and its neighbourhood of ``neighbourhood`` tokens (offsets 0, -1, +1, -2, +2,
+    ...: ``neighbourhood // 2`` to the left, ``(neighbourhood - 1) // 2`` to the right, nearest first,
+    left before right), skipping tokens already kept, until ``budget`` tokens are kept. Ties go to
+    the earlier position. Time is O(n log n) whatever the neighbourhood.
     """
     n = scores.shape[-1]
     if scores.dim() != 1:
@@ -47,22 +70,31 @@ def select_tokens(scores: torch.Tensor, budget: int, window: int, neighbourhood:
     if budget >= n:
         return torch.arange(n)
     prefix = n - window
-    kept = bytearray(prefix)
+    free = _FreeRuns(prefix)
     count = window
-    offsets = neighbourhood_offsets(neighbourhood)
+    reach_left, reach_right = neighbourhood // 2, (neighbourhood - 1) // 2
     # Stable descending sort: equal scores keep position order.
     order = torch.sort(scores[:prefix].float().cpu(), descending=True, stable=True).indices.tolist()
     for centre in order:
         if count == budget:
             break
-        for offset in offsets:
-            j = centre + offset
-            if 0 <= j < prefix and not kept[j]:
-                kept[j] = 1
-                count += 1
-                if count == budget:
-                    break
-    return _positions(kept, n)
+        lo, hi = max(0, centre - reach_left), min(prefix - 1, centre + reach_right)
+        left, right = free.left_of(centre), free.right_of(centre)
+        while count < budget:
+            left_ok, right_ok = left >= lo, right <= hi
+            if not (left_ok or right_ok):
+                break
+            # nearest first; at equal distance the left one (offset -d comes before +d)
+            if left_ok and (not right_ok or centre - left <= right - centre):
+                free.keep(left)
+                if left == right:
+                    right = free.right_of(right + 1)
+                left = free.left_of(left - 1)
+            else:
+                free.keep(right)
+                right = free.right_of(right + 1)
+            count += 1
+    return _positions(free.kept, n)
 
 
 def _positions(kept_prefix: bytearray, n: int) -> torch.Tensor:
@@ -131,17 +163,29 @@ class CompressedText:
     tokens_kept: int
 
 
-def compress_text(draft: nn.Module, tokenizer, text: str, method: SpecPC | None = None) -> CompressedText:
+def compress_text(
+    draft: nn.Module,
+    tokenizer,
+    text: str,
+    method: SpecPC | None = None,
+    max_bytes: int | None = None,
+) -> CompressedText:
     """SpecPC on plain text with the draft alone: the kept tokens, in order, decoded back to text.
 
     End ``text`` with the question, so the window (the last ``method.window`` tokens) holds it and the
-    scores are query-aware. The budget counts the draft's tokens.
+    scores are query-aware. The budget counts the draft's tokens. Before any work, the options and the
+    draft's context are checked (``ValueError``), and with ``max_bytes`` the draft's KV cache and
+    attention weights (:class:`draftwise.checks.TooLarge`).
     """
     method = method if method is not None else SpecPC()
     if not text.strip():
         raise ValueError("the text to compress is empty")
     ids = torch.tensor([tokenizer(text, add_special_tokens=False).input_ids])
     n = ids.shape[1]
+    method.check_widths(context_length(draft))
+    need = method.footprint(n, 0)
+    check_draft_room(draft, n, need)
+    check_memory(peak_bytes(None, draft, need, n), max_bytes, n, need)
     if not method.compresses(n):
         return CompressedText(text, n, n)
     compressed = method.compress(draft, ids, stop_token_ids(tokenizer, draft))

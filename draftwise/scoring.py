@@ -20,23 +20,39 @@ def smooth(scores: torch.Tensor, kernel: int, pool: str = "max") -> torch.Tensor
     """Centred 1-D pooling along the last axis, output the same length as the input.
 
     An even ``kernel`` takes ``kernel // 2`` tokens on the left and ``kernel // 2 - 1`` on the right.
-    Edges pool over the tokens that exist (no padding value enters a max or a mean).
+    Edges pool over the tokens that exist (no padding value enters a max or a mean), so a kernel wider
+    than twice the row pools the whole row; time and memory are O(n log n) whatever the kernel.
     """
+    if pool not in ("max", "avg"):
+        raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
     if kernel <= 1:
         return scores
     shape = scores.shape
-    x = scores.reshape(-1, 1, shape[-1]).float()
-    left, right = kernel // 2, (kernel - 1) // 2
-    if pool == "max":
-        padded = F.pad(x, (left, right), value=float("-inf"))
-        out = F.max_pool1d(padded, kernel, stride=1)
-    elif pool == "avg":
-        total = F.avg_pool1d(F.pad(x, (left, right)), kernel, stride=1)
-        count = F.avg_pool1d(F.pad(torch.ones_like(x), (left, right)), kernel, stride=1)
-        out = total / count
-    else:
-        raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
+    n = shape[-1]
+    x = scores.reshape(-1, n).float()
+    left, right = min(kernel // 2, n - 1), min((kernel - 1) // 2, n - 1)
+    out = _window_max(x, left, right) if pool == "max" else _window_mean(x, left, right)
     return out.reshape(shape)
+
+
+def _window_max(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """Per row of ``x`` ``[R, n]``, the max of ``x[i - left : i + right + 1]`` (clipped), by doubling."""
+    n, width = x.shape[-1], left + right + 1
+    spans = F.pad(x, (left, right), value=float("-inf"))  # spans[j]: max of padded[j : j + span]
+    span = 1
+    while 2 * span <= width:
+        spans = torch.maximum(spans[:, :-span], spans[:, span:])
+        span *= 2
+    return torch.maximum(spans[:, :n], spans[:, width - span : width - span + n])
+
+
+def _window_mean(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """Per row of ``x`` ``[R, n]``, the mean of ``x[i - left : i + right + 1]`` (clipped), by prefix sums."""
+    n = x.shape[-1]
+    sums = F.pad(x.double().cumsum(-1), (1, 0))  # sums[i] = x[:i].sum()
+    position = torch.arange(n, device=x.device)
+    lo, hi = (position - left).clamp_min(0), (position + right + 1).clamp_max(n)
+    return ((sums[:, hi] - sums[:, lo]) / (hi - lo)).float()
 
 
 def top_indices(scores: torch.Tensor, count: int) -> torch.Tensor:

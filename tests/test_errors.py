@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import random_ids, tiny_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from draftwise import Full, SnapKV, SpecKV, SpecKVPC, SpecPC, generate
+from draftwise import (
+    H2O,
+    AdaKV,
+    Full,
+    HeadTail,
+    KNorm,
+    Perplexity,
+    PyramidKV,
+    RandomDrop,
+    SnapKV,
+    SpecKV,
+    SpecKVPC,
+    SpecPC,
+    StreamingLLM,
+    generate,
+)
+from draftwise.methods.base import Footprint, OptionError
 from draftwise.prefill import prefill
 
 
@@ -35,12 +53,92 @@ def test_empty_prompt(pair, tokenizer, prompt):
         (lambda: SpecKV(budget=64, reduce="sum"), "reduce"),
         (lambda: SpecKV(budget=64, lookahead=0), "lookahead"),
         (lambda: SpecKVPC(kv_budget=8), "at least the window"),
-        (lambda: SpecPC(budget=2.5), "positive integer"),
+        (lambda: SpecPC(budget=2.5), "budget must be an integer"),
+        (lambda: SpecKV(budget=64, sparse_prefill="false"), "sparse_prefill must be true or false"),
+        (lambda: SnapKV(budget=64, caote=1), "caote must be true or false"),
+        (lambda: SpecPC(weighted_query="yes"), "weighted_query must be true or false"),
+        (lambda: SpecKV(budget=64, kernel=7.0), "kernel must be an integer"),
+        (lambda: SpecKV(budget=64, lookahead=True), "lookahead must be an integer or None"),
+        (lambda: AdaKV(budget=64, floor=float("nan")), "floor must be a finite number"),
+        (lambda: AdaKV(budget=64, floor=1.5), "floor must be a share"),
+        (lambda: HeadTail(head="0.5"), "head must be a finite number"),
+        (lambda: H2O(budget=64, block=0), "block must be a positive integer"),
+        (lambda: RandomDrop(seed=2**64), "seed must be in"),
+        (lambda: StreamingLLM(budget=64, sinks=-1), "sinks must be a non-negative integer"),
+        (lambda: PyramidKV(budget=64, beta=0), "beta"),
+        (lambda: SpecPC(first_layer=-1), "first_layer"),
     ],
 )
 def test_bad_method_parameters(make, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(OptionError, match=message) as caught:
         make()
+    assert caught.value.option in str(caught.value), "the error names the option it is about"
+
+
+@pytest.mark.parametrize(
+    "method, option",
+    [
+        (SpecPC(budget=40, window=8, kernel=50_000_000, neighbourhood=4), "kernel"),
+        (SpecPC(budget=40, window=8, kernel=4, neighbourhood=20_000_000), "neighbourhood"),
+        (SnapKV(budget=16, window=8, kernel=50_000_001), "kernel"),
+        (SpecKV(budget=16, window=8, kernel=1025, lookahead=2), "kernel"),
+        (H2O(budget=16, window=8, block=10**9), "block"),
+        (StreamingLLM(budget=16, window=8, sinks=5000), "sinks"),
+    ],
+)
+def test_widths_beyond_the_context_are_refused_before_any_work(pair, tokenizer, method, option):
+    target, draft = pair
+
+    def no_work(module, args):
+        raise AssertionError("a model ran")
+
+    hooks = [m.register_forward_pre_hook(no_work) for m in (target, draft)]
+    try:
+        with pytest.raises(OptionError, match=f"{option} .* at most the model's context") as caught:
+            generate(target, draft, tokenizer, random_ids(50), method=method, max_new_tokens=4)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert caught.value.option == option
+
+
+def test_a_pool_and_neighbourhood_wider_than_the_prompt_span_it(pair, tokenizer):
+    """SpecPC's defaults (kernel and neighbourhood 64) work on a 50-token prompt; from twice the
+    prompt's length on, a wider pool or neighbourhood chooses alike (each spans the whole prompt)."""
+    target, draft = pair
+    ids = random_ids(50)
+    default = generate(target, draft, tokenizer, ids, method=SpecPC(budget=24, window=8, first_layer=1))
+    assert default.stats.prompt_tokens_kept == 24
+    answers = [
+        generate(target, draft, tokenizer, ids, max_new_tokens=6, method=method).token_ids
+        for method in (
+            SpecPC(budget=24, window=8, first_layer=1, kernel=101, neighbourhood=101),
+            SpecPC(budget=24, window=8, first_layer=1, kernel=1001, neighbourhood=1024),
+        )
+    ]
+    assert answers[0] == answers[1]
+
+
+def test_lookahead_beyond_the_context_names_the_option(pair, tokenizer):
+    target, draft = pair
+    with pytest.raises(OptionError, match="lookahead .* exceeds the target's context of 1024") as caught:
+        generate(target, draft, tokenizer, random_ids(500), method=SpecKV(budget=64, lookahead=600))
+    assert caught.value.option == "lookahead"
+    with pytest.raises(OptionError, match="lookahead .* exceeds the draft's context"):
+        generate(target, draft, tokenizer, random_ids(500), method=SpecPC(budget=128, lookahead=600))
+
+
+def test_footprint_counts_the_lookahead():
+    """The lookahead's positions in both caches, and the attention rows its queries add to scoring."""
+    assert SpecKV(budget=64, lookahead=600).footprint(300, 4) == Footprint(600, 600, 600, (32 + 600) * 900)
+    assert SpecKV(budget=64, lookahead=None).footprint(300, 9) == Footprint(9, 9, 9, (32 + 9) * 309)
+    assert SpecKV(budget=400).footprint(300, 4) == Footprint(4, None, 0), "no compression, no draft"
+    assert SpecPC(budget=64, lookahead=3).footprint(300, 4) == Footprint(4, 4, 3, 0, (64 + 3) * 303)
+    assert SnapKV(budget=64).footprint(300, 4) == Footprint(4, None, 0, 32 * 300)
+    assert H2O(budget=64, block=16).footprint(300, 4) == Footprint(4, None, 0, 16 * 300)
+    assert KNorm(budget=64).footprint(300, 4) == Footprint(4, None, 0, 0)
+    assert SpecKVPC(lookahead=8).footprint(3000, 4) == Footprint(8, 9, 8, 40 * 2056, 72 * 3008)
+    assert Perplexity(budget=64).footprint(300, 4) == Footprint(4, 0, 0)
 
 
 def test_window_larger_than_prompt_in_low_level_calls(pair):
@@ -101,6 +199,48 @@ def test_bad_sampling_parameters(pair, tokenizer):
         generate(target, draft, tokenizer, random_ids(20), temperature=1.0, top_p=0.0)
     with pytest.raises(ValueError, match="temperature"):
         generate(target, draft, tokenizer, random_ids(20), temperature=-1.0)
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-6])
+def test_a_tiny_temperature_is_greedy(pair, tokenizer, temperature):
+    target, draft = pair
+    greedy = generate(target, draft, tokenizer, random_ids(30), max_new_tokens=6)
+    tiny = generate(target, draft, tokenizer, random_ids(30), max_new_tokens=6, temperature=temperature)
+    assert tiny.token_ids == greedy.token_ids
+
+
+def test_an_integer_temperature_samples(pair, tokenizer):
+    target, draft = pair
+    out = generate(target, draft, tokenizer, random_ids(30), max_new_tokens=4, temperature=1, seed=3)
+    assert len(out.token_ids) >= 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": float("inf")}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": 1.0, "top_p": float("nan")}, "top_p"),
+        ({"temperature": 1.0, "seed": 2**64}, "seed"),
+        ({"temperature": 1.0, "seed": 1.5}, "seed"),
+    ],
+)
+def test_bad_sampling_values(pair, tokenizer, kwargs, message):
+    target, draft = pair
+    with pytest.raises(ValueError, match=message):
+        generate(target, draft, tokenizer, random_ids(20), **kwargs)
+
+
+def test_a_template_that_refuses_the_messages_is_a_value_error(pair, tokenizer):
+    target, draft = pair
+    strict = copy.deepcopy(tokenizer)
+    strict.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('No system role') }}"
+        "{% endif %}w3 {{ m['content'] }} w4 {% endfor %}w5"
+    )
+    messages = [{"role": "system", "content": "w7"}, {"role": "user", "content": "w8 w9"}]
+    with pytest.raises(ValueError, match="chat template refused these messages: No system role"):
+        generate(target, draft, strict, messages)
 
 
 def test_chat_messages_without_template(pair, tokenizer):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from draftwise import SpecKV, SpecPC, generate
 from draftwise.cache import prunable_layers
 from draftwise.prefill import prefill
-from draftwise.prompt import neighbourhood_offsets, select_tokens
+from draftwise.prompt import select_tokens
 from draftwise.scoring import smooth, top_indices
 
 
@@ -45,10 +45,32 @@ def test_select_tokens_grows_neighbourhoods_nearest_first():
     scores[10] = 1.0
     kept = select_tokens(scores, budget=4 + 5, window=4, neighbourhood=5)
     assert kept.tolist() == [8, 9, 10, 11, 12, 36, 37, 38, 39]
-    assert neighbourhood_offsets(5) == [0, -1, 1, -2, 2]
+    # An even neighbourhood reaches one further to the left: offsets 0, -1, +1, -2.
+    kept = select_tokens(scores, budget=4 + 4, window=4, neighbourhood=4)
+    assert kept.tolist() == [8, 9, 10, 11, 36, 37, 38, 39]
     # A budget that cuts a neighbourhood keeps its nearest tokens.
     kept = select_tokens(scores, budget=4 + 3, window=4, neighbourhood=5)
     assert kept.tolist() == [9, 10, 11, 36, 37, 38, 39]
+
+
+@settings(max_examples=100, deadline=None)
+@given(selection_case(), st.integers(0, 10**9))
+def test_a_neighbourhood_wider_than_the_prompt_acts_as_the_whole_prompt(case, extra):
+    """Any neighbourhood of at least 2n tokens reaches every prefix token from every centre, so all
+    choose alike (and the time does not grow with it)."""
+    scores, budget, window, _ = case
+    n = scores.shape[0]
+    wide = select_tokens(scores, budget, window, 2 * n + 1)
+    assert torch.equal(select_tokens(scores, budget, window, 2 * n + 1 + extra), wide)
+
+
+def test_huge_pool_and_neighbourhood_cost_no_more_than_wide_ones():
+    """A kernel or neighbourhood of 10**9 must not allocate or loop over 10**9 entries."""
+    scores = torch.rand(4000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(smooth(scores, 10**9 + 1, "max"), torch.full_like(scores, float(scores.max())))
+    assert torch.allclose(smooth(scores, 10**9, "avg"), torch.full_like(scores, float(scores.mean())))
+    kept = select_tokens(scores, 2000, 64, 10**9)
+    assert torch.equal(kept, select_tokens(scores, 2000, 64, 8001))
 
 
 def test_select_tokens_rejects_bad_arguments():
@@ -61,10 +83,11 @@ def test_select_tokens_rejects_bad_arguments():
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(st.floats(-5, 5, allow_nan=False), min_size=1, max_size=60),
-    st.integers(1, 9),
+    st.integers(1, 200),
     st.sampled_from(["max", "avg"]),
 )
 def test_smooth_is_a_centred_pool(values, kernel, pool):
+    """Kernels up to several times the row's length included: the edges pool what exists."""
     x = torch.tensor(values)
     out = smooth(x, kernel, pool)
     assert out.shape == x.shape
@@ -98,8 +121,10 @@ def test_speckv_keeps_exactly_budget_pairs_per_head_per_layer(arch):
             assert layer.cumulative_length == n
 
 
-def test_speckv_keeps_the_keys_the_lookahead_attends_to():
-    """Per head, the kept prefix keys are exactly the top-scored ones, recomputed independently."""
+def test_pruning_keeps_original_prefix_keys_in_order_then_the_window():
+    """Per head, the pruned cache holds ``budget - window`` distinct keys of the original prefix, in their
+    original order, then the window's keys. (Which keys, with and without a lookahead, is checked
+    against independent references in ``test_references.py``.)"""
     target = tiny_model("llama")
     n, budget, window = 50, 20, 4
     ids = torch.tensor([random_ids(n, seed=4)])

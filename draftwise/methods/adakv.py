@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 
+from draftwise.methods.base import check_share
 from draftwise.methods.snapkv import SnapKV
 
 
@@ -54,8 +55,7 @@ class AdaKV(SnapKV):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.floor <= 1:
-            raise ValueError(f"floor must be a share in [0, 1], got {self.floor!r}")
+        check_share("floor", self.floor)
 
     def select(self, scores: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         return adaptive_selection(scores, count, self.floor)

@@ -1,9 +1,12 @@
-"""What every compression method shares: a budget, and its validation."""
+"""What every compression method shares: a budget, the validation of its options, and what it costs."""
 
 from __future__ import annotations
 
+import math
+import types
+import typing
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar, Literal
 
 import torch
@@ -16,14 +19,74 @@ Pool = Literal["max", "avg"]
 Reduce = Literal["max", "mean"]
 
 
+class OptionError(ValueError):
+    """A method option that is out of its range; ``option`` names it (e.g. ``"kernel"``)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
 def check_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise OptionError(name, f"{name} must be a positive integer, got {value!r}")
+
+
+def check_non_negative(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise OptionError(name, f"{name} must be a non-negative integer, got {value!r}")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        raise OptionError(name, f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_share(name: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise OptionError(name, f"{name} must be a share in [0, 1], got {value!r}")
+
+
+def _type_error(name: str, hint: object, value: object) -> str | None:
+    """Why ``value`` does not match the field type ``hint`` (``None`` if it does)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        reasons = [_type_error(name, arm, value) for arm in typing.get_args(hint)]
+        return None if None in reasons else " or ".join(r for r in reasons if r)
+    if hint is type(None):
+        return None if value is None else "None"
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+        return None if isinstance(value, str) and value in choices else f"one of {', '.join(choices)}"
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "a finite number"
+    return None
+
+
+def check_types(method: object) -> None:
+    """Raise :class:`OptionError` for the first field of a method dataclass whose value does not match
+    its annotation (``int`` excludes ``bool``; ``float`` takes finite numbers; ``Literal`` its choices)."""
+    hints = typing.get_type_hints(type(method))
+    for field in fields(method):  # type: ignore[arg-type]
+        value = getattr(method, field.name)
+        reason = _type_error(field.name, hints[field.name], value)
+        if reason:
+            raise OptionError(field.name, f"{field.name} must be {reason}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one generation holds beyond the prompt, before anything is dropped."""
+
+    target: int  # positions past the prompt in the target's cache: new tokens, or a longer lookahead
+    draft: int | None  # positions past the prompt in the draft's cache; None: the draft does not run
+    lookahead: int = 0  # tokens the draft writes ahead
+    rows: int = 0  # query-key weights per query head a target layer's scorer holds at once
+    draft_rows: int = 0  # the same for the draft (SpecPC)
 
 
 @dataclass(frozen=True)
@@ -31,6 +94,10 @@ class Method:
     """Base of all methods. ``name`` is the identifier used by the CLI and in results."""
 
     name: ClassVar[str] = "method"
+    widths: ClassVar[tuple[str, ...]] = ()  # options counted in tokens, at most the model's context
+
+    def __post_init__(self) -> None:
+        check_types(self)
 
     @property
     def needs_draft(self) -> bool:
@@ -40,6 +107,24 @@ class Method:
     def compresses(self, prompt_length: int) -> bool:
         """Whether this method would drop anything from a prompt of ``prompt_length`` tokens."""
         return False
+
+    def check_widths(self, context: int | None) -> None:
+        """Raise :class:`OptionError` for an option counted in tokens (a pool's kernel, a neighbourhood)
+        beyond the model's ``context``. Wider than the prompt is not an error: the work does not
+        grow with these options, and a pool or neighbourhood wider than the prompt spans all of it."""
+        for name in self.widths if context is not None else ():
+            value = getattr(self, name)
+            if value > context:
+                raise OptionError(
+                    name, f"{name} ({value}) must be at most the model's context ({context} tokens)"
+                )
+
+    def footprint(self, prompt_length: int, max_new_tokens: int) -> Footprint:
+        """The most each model holds beyond the prompt while this method answers with up to
+        ``max_new_tokens`` tokens (for context and memory checks before any work)."""
+        if self.needs_draft and self.compresses(prompt_length):
+            return Footprint(max_new_tokens, 0)
+        return Footprint(max_new_tokens, None)
 
     @property
     def swaps_attention(self) -> bool:
@@ -60,12 +145,14 @@ class Budgeted(Method):
     window: int = 32
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_positive("budget", self.budget)
         check_positive("window", self.window)
         if self.budget < self.window:
-            raise ValueError(
+            raise OptionError(
+                "budget",
                 f"budget ({self.budget}) must be at least the window ({self.window}): "
-                "the window of the last tokens is always kept"
+                "the window of the last tokens is always kept",
             )
 
     def compresses(self, prompt_length: int) -> bool:
@@ -92,6 +179,19 @@ class KVMethod(Budgeted):
     def observed(self, prompt_length: int) -> int:
         """How many of the prompt's last queries the scorer reads (0 if it reads keys only)."""
         return self.window if self.uses_attention else 0
+
+    def rows_at_once(self, prompt_length: int, lookahead: int) -> int:
+        """How many query rows the scorer holds at once in one layer (the observed ones and the
+        lookahead's; 0 if it reads keys only)."""
+        return self.observed(prompt_length) + lookahead if self.uses_attention else 0
+
+    def footprint(self, prompt_length: int, max_new_tokens: int) -> Footprint:
+        """The target also pre-fills the lookahead (for its queries) before dropping it."""
+        if not self.compresses(prompt_length):
+            return Footprint(max_new_tokens, None)
+        steps = self.lookahead_length(max_new_tokens)
+        rows = self.rows_at_once(prompt_length, steps) * (prompt_length + steps)
+        return Footprint(max(max_new_tokens, steps), steps if steps else None, steps, rows)
 
     def layer_budget(self, index: int, layers: int) -> int:
         """KV pairs per head kept in the ``index``-th of ``layers`` prunable layers (same for all here)."""

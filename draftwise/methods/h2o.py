@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from draftwise.methods.base import KVMethod
+from draftwise.methods.base import KVMethod, check_positive
 
 
 @dataclass(frozen=True)
@@ -20,12 +20,20 @@ class H2O(KVMethod):
 
     name: ClassVar[str] = "h2o"
     uses_attention: ClassVar[bool] = True
+    widths: ClassVar[tuple[str, ...]] = ("block",)
 
     block: int = 256
     caote: bool = False
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("block", self.block)
+
     def observed(self, prompt_length: int) -> int:
         return prompt_length
+
+    def rows_at_once(self, prompt_length: int, lookahead: int) -> int:
+        return min(self.block, prompt_length)
 
     def layer_scores(
         self,

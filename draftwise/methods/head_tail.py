@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from draftwise.methods.base import PromptMethod
+from draftwise.methods.base import PromptMethod, check_share
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,7 @@ class HeadTail(PromptMethod):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.head <= 1:
-            raise ValueError(f"head must be a share in [0, 1], got {self.head!r}")
+        check_share("head", self.head)
 
     def compress(self, draft, input_ids, stop_ids=()):
         from draftwise.prompt import CompressedPrompt, select_tokens

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from draftwise.methods.base import OptionError
 from draftwise.methods.snapkv import SnapKV
 
 
@@ -36,8 +37,8 @@ class PyramidKV(SnapKV):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.beta, int) or self.beta < 1:
-            raise ValueError(f"beta must be an integer >= 1, got {self.beta!r}")
+        if self.beta < 1:
+            raise OptionError("beta", f"beta must be an integer >= 1, got {self.beta!r}")
 
     def layer_budget(self, index: int, layers: int) -> int:
         return self.window + pyramid_budgets(self.budget - self.window, layers, self.beta)[index]

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from draftwise.methods.base import PromptMethod
+from draftwise.methods.base import OptionError, PromptMethod
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,11 @@ class RandomDrop(PromptMethod):
     budget: int = 1024
     window: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not -(2**63) <= self.seed < 2**64:
+            raise OptionError("seed", f"seed must be in [-2**63, 2**64), got {self.seed}")
 
     def compress(self, draft, input_ids, stop_ids=()):
         from draftwise.prompt import CompressedPrompt, select_tokens

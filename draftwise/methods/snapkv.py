@@ -7,7 +7,15 @@ from typing import ClassVar
 
 import torch
 
-from draftwise.methods.base import KVMethod, Pool, Reduce, check_choice, check_positive
+from draftwise.methods.base import (
+    KVMethod,
+    OptionError,
+    Pool,
+    Reduce,
+    check_choice,
+    check_non_negative,
+    check_positive,
+)
 from draftwise.scoring import reduce_rows, smooth
 
 
@@ -28,6 +36,7 @@ class SnapKV(KVMethod):
 
     name: ClassVar[str] = "snapkv"
     uses_attention: ClassVar[bool] = True
+    widths: ClassVar[tuple[str, ...]] = ("kernel",)
 
     budget: int = 256
     window: int = 32
@@ -41,11 +50,11 @@ class SnapKV(KVMethod):
         super().__post_init__()
         check_positive("kernel", self.kernel)
         if self.kernel % 2 == 0:
-            raise ValueError(f"kernel must be odd so the pool is centred, got {self.kernel}")
+            raise OptionError("kernel", f"kernel must be odd so the pool is centred, got {self.kernel}")
         check_choice("pool", self.pool, ("max", "avg"))
         check_choice("reduce", self.reduce, ("max", "mean"))
-        if self.lookahead is not None and (not isinstance(self.lookahead, int) or self.lookahead < 0):
-            raise ValueError(f"lookahead must be a non-negative integer or None, got {self.lookahead!r}")
+        if self.lookahead is not None:
+            check_non_negative("lookahead", self.lookahead)
 
     @property
     def needs_draft(self) -> bool:

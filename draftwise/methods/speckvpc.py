@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from draftwise.methods.base import Method, check_positive
+from draftwise.methods.base import Footprint, Method, check_positive
 from draftwise.methods.speckv import SpecKV
 from draftwise.methods.specpc import SpecPC
 
@@ -30,6 +30,7 @@ class SpecKVPC(Method):
     prompt_window: int = 64
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_positive("lookahead", self.lookahead)
         # Building the stages validates budgets and windows with the stages' own messages.
         self.prompt_stage()
@@ -43,3 +44,17 @@ class SpecKVPC(Method):
 
     def compresses(self, prompt_length: int) -> bool:
         return self.prompt_stage().compresses(prompt_length) or self.kv_stage().compresses(prompt_length)
+
+    def footprint(self, prompt_length: int, max_new_tokens: int) -> Footprint:
+        """The draft writes one lookahead (the last token read too); the KV stage pre-fills it."""
+        if not self.compresses(prompt_length):
+            return Footprint(max_new_tokens, None)
+        steps = self.lookahead
+        kept = min(prompt_length, self.prompt_budget)
+        return Footprint(
+            max(max_new_tokens, steps),
+            steps + 1,
+            steps,
+            rows=(self.kv_window + steps) * (kept + steps),
+            draft_rows=(self.prompt_window + steps) * (prompt_length + steps),
+        )

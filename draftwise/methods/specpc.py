@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from draftwise.methods.base import Pool, PromptMethod, check_choice, check_positive
+from draftwise.methods.base import (
+    Footprint,
+    Pool,
+    PromptMethod,
+    check_choice,
+    check_non_negative,
+    check_positive,
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class SpecPC(PromptMethod):
     """
 
     name: ClassVar[str] = "specpc"
+    widths: ClassVar[tuple[str, ...]] = ("kernel", "neighbourhood")
 
     @property
     def needs_draft(self) -> bool:
@@ -49,9 +57,16 @@ class SpecPC(PromptMethod):
         check_positive("lookahead", self.lookahead)
         check_positive("kernel", self.kernel)
         check_positive("neighbourhood", self.neighbourhood)
-        if not isinstance(self.first_layer, int) or self.first_layer < 0:
-            raise ValueError(f"first_layer must be a non-negative integer, got {self.first_layer!r}")
+        check_non_negative("first_layer", self.first_layer)
         check_choice("pool", self.pool, ("max", "avg"))
+
+    def footprint(self, prompt_length: int, max_new_tokens: int) -> Footprint:
+        """The draft reads the prompt and its lookahead, the last token included."""
+        if not self.compresses(prompt_length):
+            return Footprint(max_new_tokens, None)
+        steps = self.lookahead
+        rows = (self.window + steps) * (prompt_length + steps)
+        return Footprint(max_new_tokens, steps + 1, steps, draft_rows=rows)
 
     def token_scores(self, draft, input_ids, stop_ids=()):
         from draftwise.prompt import specpc_scores

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from draftwise.methods.base import KVMethod
+from draftwise.methods.base import KVMethod, check_non_negative
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class StreamingLLM(KVMethod):
     """
 
     name: ClassVar[str] = "streamingllm"
+    widths: ClassVar[tuple[str, ...]] = ("sinks",)
 
     budget: int = 256
     window: int = 32
@@ -25,8 +26,7 @@ class StreamingLLM(KVMethod):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.sinks, int) or self.sinks < 0:
-            raise ValueError(f"sinks must be a non-negative integer, got {self.sinks!r}")
+        check_non_negative("sinks", self.sinks)
 
     def score(self, rows: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
         batch, heads, length, _ = keys.shape
