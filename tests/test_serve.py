@@ -178,16 +178,16 @@ def test_bad_request_through_the_client_is_a_bad_request_error(client):
 CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
 BAD = [
     ("malformed JSON", CHAT, b'{"model": "tiny", "messages": [', 400, None),
-    ("unknown method", CHAT, {"draftwise": {"method": "nope"}}, 400, "draftwise"),
-    ("budget -1", CHAT, {"draftwise": {"method": "speckv", "budget": -1}}, 400, "draftwise"),
+    ("unknown method", CHAT, {"draftwise": {"method": "nope"}}, 400, "draftwise.method"),
+    ("budget -1", CHAT, {"draftwise": {"method": "speckv", "budget": -1}}, 400, "draftwise.budget"),
     (
         "budget below window",
         CHAT,
         {"draftwise": {"method": "speckv", "budget": 8, "window": 16}},
         400,
-        "draftwise",
+        "draftwise.budget",
     ),
-    ("unknown option", CHAT, {"draftwise": {"method": "full", "budget": 9}}, 400, "draftwise"),
+    ("unknown option", CHAT, {"draftwise": {"method": "full", "budget": 9}}, 400, "draftwise.budget"),
     ("empty messages", CHAT, {"messages": []}, 400, "messages"),
     ("empty content", CHAT, {"messages": [{"role": "user", "content": " "}]}, 400, "messages"),
     ("no messages", CHAT, {"messages": None}, 400, "messages"),

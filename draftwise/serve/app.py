@@ -12,24 +12,27 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from torch import nn
 
-from draftwise.serve.errors import APIError, install_error_handlers, log
+from draftwise.serve.errors import (
+    APIError,
+    install_error_handlers,
+    log,
+    model_not_found,
+)
 from draftwise.serve.formats import DONE, Formatter, sse, usage
 from draftwise.serve.guards import ApiKeyGuard, BodyLimit
 from draftwise.serve.jobs import Defaults, make_job
 from draftwise.serve.limits import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_FORWARDED,
     DEFAULT_MAX_NEW_TOKENS_LIMIT,
     DEFAULT_MAX_QUEUE,
     DEFAULT_UPSTREAM_TIMEOUT,
-    RETRY_AFTER_SECONDS,
 )
 from draftwise.serve.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from draftwise.serve.upstream import create_upstream_app
-from draftwise.serve.worker import Busy, Delta, Engine, Event, Failed, Finished, Generation, Job
-
-DISCONNECT_POLL_SECONDS = 0.25
-CLIENT_CLOSED = 499  # nginx's status for a client that closed the connection; nobody reads it
+from draftwise.serve.watch import CLIENT_CLOSED, ClientGone, ClientWatch
+from draftwise.serve.worker import Delta, Engine, Event, Failed, Finished, Generation
 
 
 def _failure(error: Exception) -> APIError:
@@ -40,25 +43,13 @@ def _failure(error: Exception) -> APIError:
     return APIError(500, f"generation failed ({type(error).__name__})", type="server_error")
 
 
-class _Watched:
-    """A generation's events, checking every ``DISCONNECT_POLL_SECONDS`` whether the client went away."""
-
-    def __init__(self, generation: Generation, request: Request) -> None:
-        self.generation, self.request = generation, request
-        self._checked = time.monotonic()
-
-    async def next(self) -> Event | None:
-        """The next event; ``None`` (and the generation cancelled) once the client has gone."""
-        while True:
-            if time.monotonic() - self._checked >= DISCONNECT_POLL_SECONDS:
-                self._checked = time.monotonic()
-                if await self.request.is_disconnected():
-                    self.generation.cancel()
-                    return None
-            try:
-                return await asyncio.wait_for(self.generation.events.get(), DISCONNECT_POLL_SECONDS)
-            except asyncio.TimeoutError:
-                continue
+async def _next(watch: ClientWatch, generation: Generation) -> Event | None:
+    """The generation's next event; ``None`` (and the generation cancelled) once the client has gone."""
+    try:
+        return await watch.until(generation.events.get())
+    except ClientGone:
+        generation.cancel()
+        return None
 
 
 async def _stream(
@@ -92,16 +83,18 @@ async def _stream(
         generation.cancel()
 
 
-async def _complete(watched: _Watched, first: Event, formatter: Formatter, prompt_tokens: int) -> Any:
+async def _complete(
+    watch: ClientWatch, generation: Generation, first: Event, formatter: Formatter, prompt_tokens: int
+) -> Any:
     """Collect the whole answer; a client that goes away meanwhile cancels the generation."""
     parts: list[str] = []
     event: Event | None = first
     try:
         while isinstance(event, Delta):
             parts.append(event.text)
-            event = await watched.next()
+            event = await _next(watch, generation)
     finally:
-        watched.generation.cancel()  # a no-op once finished; stops the thread if we leave early
+        generation.cancel()  # a no-op once finished; stops the thread if we leave early
     if event is None:
         return Response(status_code=CLIENT_CLOSED)
     if isinstance(event, Failed):
@@ -127,6 +120,7 @@ def create_app(
     upstream_model: str | None = None,
     upstream_api_key: str | None = None,
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT,
+    max_forwarded: int = DEFAULT_MAX_FORWARDED,
 ) -> FastAPI:
     """An OpenAI-compatible app serving ``target`` (helped by ``draft``) under the name ``model_name``.
 
@@ -141,15 +135,18 @@ def create_app(
         api_key: if set, every route but ``/health`` needs ``Authorization: Bearer <api_key>``.
         max_body_bytes: larger request bodies get 413.
         max_new_tokens_limit: the most ``max_tokens`` a request may ask for.
-        max_request_bytes: requests whose uncompressed KV cache (prompt plus ``max_tokens``) would
-            exceed this many bytes get 400 before any work starts; ``None``: no limit but the context.
+        max_request_bytes: requests whose KV cache and scoring weights before anything is dropped
+            (prompt plus ``max_tokens`` or the lookahead, in the target or the draft; upstream mode: the
+            draft's) would exceed this many bytes get 400 before any work starts; ``None``: no limit
+            but the context.
         upstream: upstream mode: the base URL (``http://host:port/v1``) of an OpenAI-compatible server.
             Only ``draft`` runs here (``target`` is ``None``): each request's prompt (chat: the last user
             message) is compressed with SpecPC and the request forwarded there; see
             :mod:`draftwise.serve.upstream`. ``model_name`` and ``max_new_tokens_limit`` do not apply.
         upstream_model: the ``model`` sent upstream in place of the client's.
-        upstream_api_key: the key sent upstream; without it the client's ``Authorization`` is passed on.
+        upstream_api_key: the key sent upstream; without it none is (a client's key is this server's).
         upstream_timeout: seconds to wait for the upstream (connecting, and between bytes read).
+        max_forwarded: upstream mode: requests in flight to the upstream at once; beyond them, 429.
     Raises:
         ValueError: bad defaults or limits, or a default method that needs a draft when there is none.
     """
@@ -174,6 +171,8 @@ def create_app(
             max_queue=max_queue,
             api_key=api_key,
             max_body_bytes=max_body_bytes,
+            max_request_bytes=max_request_bytes,
+            max_forwarded=max_forwarded,
         )
     if target is None or model_name is None:
         raise ValueError("a target model and its model_name are needed (or an upstream URL)")
@@ -198,35 +197,27 @@ def create_app(
 
     def check_model(name: str | None) -> None:
         if name is not None and name != model_name:
-            raise APIError(
-                404, f"the model {name!r} does not exist; this server serves {model_name!r}",
-                param="model", code="model_not_found",
-            )  # fmt: skip
+            raise model_not_found(name, model_name)
 
     async def run(request: Request, body: ChatCompletionRequest | CompletionRequest) -> Any:
         check_model(body.model)
-        job: Job = make_job(
-            body,
-            tokenizer=tokenizer,
-            target=target,
-            defaults=settings,
-            max_tokens_limit=max_new_tokens_limit,
-            max_request_bytes=max_request_bytes,
-            draft=draft,
-        )
+        engine.admit()  # a full queue is a 429 before the prompt is read
         try:
-            generation = engine.submit(job)
-        except Busy as busy:
-            raise APIError(
-                429, f"the server is busy ({busy}); retry later", type="rate_limit_error",
-                code="rate_limit_exceeded", headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            ) from None  # fmt: skip
+            # Templating and tokenizing a large body take a while: off the event loop.
+            job = await asyncio.to_thread(
+                make_job, body, tokenizer=tokenizer, target=target, defaults=settings,
+                max_tokens_limit=max_new_tokens_limit, max_request_bytes=max_request_bytes, draft=draft,
+            )  # fmt: skip
+        except BaseException:
+            engine.release()
+            raise
+        generation = engine.submit(job)
         formatter = Formatter(isinstance(body, ChatCompletionRequest), model_name)
         prompt_tokens = job.input_ids.shape[1]
         # Wait for the first event before answering, so errors found by generate are still a 400.
-        watched = _Watched(generation, request)
+        watch = ClientWatch(request)
         try:
-            first = await watched.next()
+            first = await _next(watch, generation)
         except BaseException:
             generation.cancel()
             raise
@@ -239,7 +230,7 @@ def create_app(
             events = _stream(generation, first, formatter, prompt_tokens, include_usage)
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        return await _complete(watched, first, formatter, prompt_tokens)
+        return await _complete(watch, generation, first, formatter, prompt_tokens)
 
     @app.get("/health")
     async def health() -> dict:

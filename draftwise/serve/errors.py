@@ -9,6 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from draftwise.serve.admission import Busy
+from draftwise.serve.limits import RETRY_AFTER_SECONDS
+
 log = logging.getLogger("draftwise.serve")
 
 
@@ -56,6 +59,11 @@ def error_response(
     return JSONResponse(error_body(message, type=type, param=param, code=code), status, headers=headers)
 
 
+def model_not_found(name: str, served: str | None = None) -> APIError:
+    serves = f"; this server serves {served!r}" if served else ""
+    return APIError(404, f"the model {name!r} does not exist{serves}", param="model", code="model_not_found")
+
+
 def _validation_error(errors: list[dict]) -> APIError:
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     if first.get("type") == "json_invalid":
@@ -73,6 +81,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, error: APIError) -> JSONResponse:
         return error.response()
+
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, error: Busy) -> JSONResponse:
+        return error_response(
+            429, f"the server is busy ({error}); retry later", type="rate_limit_error",
+            code="rate_limit_exceeded", headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import time
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from draftwise.serve.errors import error_response
+from draftwise.serve.limits import DEFAULT_BODY_TIMEOUT
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -17,18 +20,24 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def bearer_token(scope: Scope) -> bytes | None:
+    """The token of an ``Authorization: Bearer <token>`` header (the scheme in any case), or ``None``."""
+    scheme, _, token = (_header(scope, b"authorization") or b"").strip().partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else None
+
+
 class ApiKeyGuard:
     """Refuse (401) any request without ``Authorization: Bearer <key>``, except on ``open_paths``."""
 
     def __init__(self, app: ASGIApp, key: str, open_paths: Iterable[str] = ("/health",)) -> None:
         self.app = app
-        self.expected = f"Bearer {key}".encode()
+        self.expected = key.encode()
         self.open_paths = frozenset(open_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in self.open_paths:
-            given = _header(scope, b"authorization") or b""
-            if not hmac.compare_digest(given, self.expected):
+            given = _header(scope, b"authorization")
+            if not hmac.compare_digest(bearer_token(scope) or b"", self.expected):
                 message = "missing API key" if not given else "incorrect API key"
                 response = error_response(
                     401,
@@ -42,14 +51,16 @@ class ApiKeyGuard:
 
 
 class BodyLimit:
-    """Refuse (413) a request whose body is over ``max_bytes``, declared or as it arrives.
+    """Refuse (413) a request whose body is over ``max_bytes``, declared or as it arrives, and (408) one
+    whose body takes over ``timeout`` seconds to arrive (a client trickling bytes to hold a place).
 
     The body is read here in full (it is at most ``max_bytes``) and handed on to the app unchanged.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float = DEFAULT_BODY_TIMEOUT) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
@@ -67,8 +78,16 @@ class BodyLimit:
             return
         chunks: list[bytes] = []
         size = 0
+        deadline = time.monotonic() + self.timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                response = error_response(
+                    408, f"the request body did not arrive within {self.timeout:g} s", code="request_timeout"
+                )
+                await response(scope, receive, send)
+                return
             if message["type"] != "http.request":  # the client went away before sending it all
                 return
             chunks.append(message.get("body", b""))

@@ -1,7 +1,10 @@
 """From an OpenAI request and the server's defaults to a checked :class:`~draftwise.serve.worker.Job`.
 
 Every check that can fail on bad input runs here, before the request is queued: the method and its
-options, ``max_tokens``, sampling, stop strings, the prompt and whether it fits the target's context.
+options (each in its range, the lookahead within the context and this server's ``max_tokens`` limit),
+``max_tokens``, sampling, stop strings, fields this server does not implement, the prompt, whether it
+fits the models' contexts and the memory limit. It runs in a worker thread (templating and tokenizing
+a large prompt take a while).
 """
 
 from __future__ import annotations
@@ -13,11 +16,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from draftwise.checks import check_context, context_length, kv_cache_bytes, vocabulary_size
+from draftwise.checks import (
+    TooLarge,
+    check_draft_room,
+    check_memory,
+    check_method,
+    context_length,
+    peak_bytes,
+    vocabulary_size,
+)
 from draftwise.cli import build_method
 from draftwise.decoding import Sampler
 from draftwise.generate import encode
 from draftwise.methods import METHODS, Method, SpecKVPC
+from draftwise.methods.base import OptionError
 from draftwise.serve.errors import APIError
 from draftwise.serve.schemas import (
     ChatCompletionRequest,
@@ -30,6 +42,7 @@ from draftwise.serve.worker import Job
 
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_p")
 MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 1024  # characters of one stop string
 
 
 @dataclass(frozen=True)
@@ -69,20 +82,37 @@ class Defaults:
 
 
 def _check_options(name: str, options: Mapping[str, Any]) -> None:
-    """Name the options ``name`` does not take (``build_method`` names unknown methods)."""
+    """Name the method if it is unknown, or the first option it does not take."""
     if name not in METHODS:
-        return
+        raise OptionError("method", f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     accepted = {f.name for f in fields(METHODS[name])}
     if METHODS[name] is SpecKVPC:  # build_method maps these to its KV stage's
         accepted |= {"budget", "window"}
     unknown = sorted(set(options) - accepted)
     if unknown:
         takes = ", ".join(sorted(accepted)) or "none"
-        raise ValueError(f"{name} takes no option {', '.join(map(repr, unknown))}; its options: {takes}")
+        raise OptionError(
+            unknown[0], f"{name} takes no option {', '.join(map(repr, unknown))}; its options: {takes}"
+        )
 
 
 def _bad(message: str, param: str | None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
+
+
+def method_error(error: ValueError | TypeError) -> APIError:
+    """A bad ``draftwise`` field: the param names the option when the error does."""
+    option = getattr(error, "option", None)
+    return _bad(str(error), f"draftwise.{option}" if option else "draftwise", code="invalid_method")
+
+
+def checked_text(text: str, param: str) -> str:
+    """``text`` if it is valid Unicode (no lone surrogate such as ``"\\ud800"``), else a 400."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad("the text is not valid Unicode (a lone surrogate)", param) from None
+    return text
 
 
 def chat_prompt(messages: list[ChatMessage]) -> list[dict[str, str]]:
@@ -97,14 +127,14 @@ def chat_prompt(messages: list[ChatMessage]) -> list[dict[str, str]]:
                 raise _bad("only text content parts are supported", f"messages.{i}.content")
             content = "\n".join(part.text or "" for part in content)
         role = "system" if message.role == "developer" else message.role
-        prompt.append({"role": role, "content": content or ""})
+        prompt.append({"role": role, "content": checked_text(content or "", f"messages.{i}.content")})
     return prompt
 
 
 def completion_prompt(prompt: str | list) -> str | list[int]:
     """One prompt, as text or token ids; batches of prompts are refused."""
     if isinstance(prompt, str):
-        return prompt
+        return checked_text(prompt, "prompt")
     if prompt and all(isinstance(p, int) for p in prompt):
         return list(prompt)
     if len(prompt) == 1:
@@ -116,14 +146,21 @@ def _stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
     strings = [stop] if isinstance(stop, str) else list(stop or [])
     if len(strings) > MAX_STOP_STRINGS:
         raise _bad(f"at most {MAX_STOP_STRINGS} stop strings, got {len(strings)}", "stop")
-    return tuple(s for s in strings if s)
+    if any(len(s) > MAX_STOP_LENGTH for s in strings):
+        raise _bad(f"a stop string may be at most {MAX_STOP_LENGTH} characters long", "stop")
+    return tuple(checked_text(s, "stop") for s in strings if s)
 
 
 def _refuse_unsupported(body: GenerationRequest) -> None:
+    """A 400 for fields that would change the answer if this server implemented them, so that no client
+    believes they took effect."""
     if body.n not in (None, 1):
         raise _bad(f"n must be 1 (one choice per request), got {body.n}", "n")
     if body.logprobs not in (None, False, 0):
         raise _bad("logprobs are not supported", "logprobs")
+    unsupported = body.unsupported()
+    if unsupported:
+        raise _bad(f"{unsupported[0]} is not supported by this server (it would be ignored)", unsupported[0])
     if isinstance(body, CompletionRequest):
         if body.echo:
             raise _bad("echo is not supported", "echo")
@@ -166,9 +203,10 @@ def make_job(
 ) -> Job:
     """Check ``body`` and build its job; raise :class:`APIError` (400) naming the bad field.
 
-    With ``max_request_bytes``, a request whose uncompressed KV cache (prompt plus ``max_tokens``, in
-    the target or, for methods that read the whole prompt with it, the draft) would exceed it is refused:
-    every method pre-fills the full prompt before it drops anything."""
+    With ``max_request_bytes``, a request whose KV cache and scoring weights before anything is
+    dropped (:func:`draftwise.checks.peak_bytes`: the prompt plus ``max_tokens`` or the lookahead, in
+    the target or the draft) would exceed it is refused: every method pre-fills the whole prompt
+    before it drops anything."""
     _refuse_unsupported(body)
     if isinstance(body, ChatCompletionRequest):
         prompt, param = chat_prompt(body.messages), "messages"
@@ -179,7 +217,7 @@ def make_job(
     try:
         method = defaults.build_method(body.draftwise)
     except (ValueError, TypeError) as error:
-        raise _bad(str(error), "draftwise", code="invalid_method") from None
+        raise method_error(error) from None
     temperature = defaults.temperature if body.temperature is None else body.temperature
     top_p = defaults.top_p if body.top_p is None else body.top_p
     try:
@@ -193,19 +231,23 @@ def make_job(
     max_tokens = _max_tokens(
         requested, defaults.max_tokens, max_tokens_limit, None if limit is None else limit - n
     )
+    if method.needs_draft and method.compresses(n) and draft is None:
+        raise _bad(f"{method.name} needs a draft model, and this server has none", "draftwise.method")
     try:
-        check_context(target, n, max_tokens)
+        need = check_method(method, target, n, max_tokens)
+        if draft is not None:
+            check_draft_room(draft, n, need)
+    except OptionError as error:
+        raise method_error(error) from None
     except ValueError as error:
         raise _bad(str(error), param, code="context_length_exceeded") from None
-    if max_request_bytes is not None:
-        readers = [target] + ([draft] if draft is not None and method.needs_draft else [])
-        needed = max(kv_cache_bytes(model, n + max_tokens) for model in readers)
-        if needed > max_request_bytes:
-            raise _bad(
-                f"this request needs about {needed / 2**20:.0f} MiB of KV cache (a prompt of {n} tokens "
-                f"plus max_tokens {max_tokens}), over this server's limit of "
-                f"{max_request_bytes / 2**20:.0f} MiB per request: send a shorter prompt or fewer max_tokens",
-                param,
-                code="request_too_large",
-            )
+    if need.lookahead > max_tokens_limit:
+        raise _bad(
+            f"lookahead ({need.lookahead}) must be at most {max_tokens_limit}, the most tokens a request "
+            "may ask for", "draftwise.lookahead", code="invalid_method",
+        )  # fmt: skip
+    try:
+        check_memory(peak_bytes(target, draft, need, n), max_request_bytes, n, need)
+    except TooLarge as error:
+        raise _bad(str(error), param, code="request_too_large") from None
     return Job(input_ids, method, max_tokens, temperature, top_p, body.seed, stop)

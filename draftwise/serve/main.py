@@ -12,8 +12,11 @@ from draftwise.cli import dtype_argument, target_argument
 from draftwise.methods import METHODS
 from draftwise.models import DEFAULT_DRAFT
 from draftwise.serve.limits import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_LIMIT_CONCURRENCY,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_FORWARDED,
     DEFAULT_MAX_NEW_TOKENS_LIMIT,
     DEFAULT_MAX_QUEUE,
     DEFAULT_UPSTREAM_TIMEOUT,
@@ -62,7 +65,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     parser.add_argument(
         "--max-request-memory", type=float, metavar="MIB",
-        help="refuse (400) requests whose uncompressed KV cache (prompt + max_tokens) exceeds this",
+        help="refuse (400) requests whose KV cache and scoring weights before anything is dropped "
+        "(prompt + max_tokens or lookahead; upstream mode: the draft's) exceed this",
+    )  # fmt: skip
+    parser.add_argument(
+        "--limit-concurrency", type=int, default=DEFAULT_LIMIT_CONCURRENCY,
+        help="open connections and requests at once; beyond them the server answers 503",
+    )  # fmt: skip
+    parser.add_argument(
+        "--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT, metavar="SECONDS",
+        help="close a connection whose request headers have not arrived in this time",
     )  # fmt: skip
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
@@ -75,11 +87,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--upstream-model", help="upstream mode: the `model` to send (default: the client's)")
     parser.add_argument(
         "--upstream-api-key", default=os.environ.get("DRAFTWISE_UPSTREAM_API_KEY"),
-        help="upstream mode: key sent upstream (default: $DRAFTWISE_UPSTREAM_API_KEY; else the client's)",
+        help="upstream mode: key sent upstream (default: $DRAFTWISE_UPSTREAM_API_KEY; else none)",
     )  # fmt: skip
     parser.add_argument(
         "--upstream-timeout", type=float, default=DEFAULT_UPSTREAM_TIMEOUT,
         help="upstream mode: seconds to wait for the upstream server",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-forwarded", type=int, default=DEFAULT_MAX_FORWARDED,
+        help="upstream mode: requests in flight to the upstream at once; beyond them, 429",
     )  # fmt: skip
     parser.set_defaults(func=serve)
     return parser
@@ -100,6 +116,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from draftwise.models import load_model
     from draftwise.serve.app import create_app
+    from draftwise.serve.http import server_config
     from draftwise.serve.jobs import Defaults
 
     upstream = getattr(args, "upstream", None)
@@ -114,6 +131,23 @@ def serve(args: argparse.Namespace) -> int:
         "top_p": args.top_p,
     }
     Defaults.parse(defaults)  # bad options fail now, not after loading the models
+    memory = args.max_request_memory
+    limits = {
+        "max_concurrency": args.max_concurrency,
+        "max_queue": args.max_queue,
+        "api_key": args.api_key,
+        "max_body_bytes": args.max_body_bytes,
+        "max_request_bytes": None if memory is None else int(memory * 2**20),
+    }
+
+    def run(app) -> int:
+        config = server_config(
+            app, host=args.host, port=args.port, log_level=args.log_level,
+            limit_concurrency=args.limit_concurrency, header_timeout=args.header_timeout,
+        )  # fmt: skip
+        uvicorn.Server(config).run()
+        return 0
+
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
     if not args.api_key and not _is_loopback(args.host):
         log.warning("listening on %s without an API key: anyone who can reach it can use it", args.host)
@@ -121,41 +155,23 @@ def serve(args: argparse.Namespace) -> int:
         if not args.draft or args.draft.lower() == "none":
             raise ValueError("--upstream needs a --draft model to compress prompts with")
         draft, tokenizer = load_model(args.draft, dtype=args.dtype, device=args.device)
-        app = create_app(
-            None,
-            draft,
-            tokenizer,
-            defaults=defaults,
-            max_concurrency=args.max_concurrency,
-            max_queue=args.max_queue,
-            api_key=args.api_key,
-            max_body_bytes=args.max_body_bytes,
-            upstream=upstream,
-            upstream_model=args.upstream_model,
-            upstream_api_key=args.upstream_api_key,
-            upstream_timeout=args.upstream_timeout,
-        )
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-        return 0
+        return run(
+            create_app(
+                None, draft, tokenizer, defaults=defaults, upstream=upstream,
+                upstream_model=args.upstream_model, upstream_api_key=args.upstream_api_key,
+                upstream_timeout=args.upstream_timeout, max_forwarded=args.max_forwarded, **limits,
+            )
+        )  # fmt: skip
     target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device)
     draft = None
     if args.draft and args.draft.lower() != "none":
         draft, _ = load_model(args.draft, dtype=args.dtype, device=args.device)
-    app = create_app(
-        target,
-        draft,
-        tokenizer,
-        model_name=args.model_name or args.target,
-        defaults=defaults,
-        max_concurrency=args.max_concurrency,
-        max_queue=args.max_queue,
-        api_key=args.api_key,
-        max_body_bytes=args.max_body_bytes,
-        max_new_tokens_limit=args.max_new_tokens_limit,
-        max_request_bytes=None if args.max_request_memory is None else int(args.max_request_memory * 2**20),
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    return 0
+    return run(
+        create_app(
+            target, draft, tokenizer, model_name=args.model_name or args.target, defaults=defaults,
+            max_new_tokens_limit=args.max_new_tokens_limit, **limits,
+        )
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,13 +1,29 @@
 """Request and response bodies of the OpenAI API subset that ``draftwise serve`` speaks.
 
-Requests accept (and ignore) OpenAI fields this server does not use, so stock clients work unchanged.
+Requests accept (and ignore) OpenAI fields that do not change the answer (``user``, ``metadata``, ...),
+so stock clients work unchanged; fields that would change it and that this server does not implement
+(tools, response formats, logit bias, penalties) are named in :meth:`GenerationRequest.unsupported`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_serializer
+
+from draftwise.serve.errors import APIError
+
+MAX_MODEL_ID = 256
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]*(/[A-Za-z0-9][A-Za-z0-9._:@+-]*)*")
+
+
+def check_model_id(model_id: str) -> str:
+    """A model id as in a path (``name`` or a hub id such as ``org/name``), else a 400: every segment
+    starts with a letter or digit (no ``.``, ``..`` or empty segment), printable ASCII only."""
+    if len(model_id) > MAX_MODEL_ID or not _MODEL_ID.fullmatch(model_id):
+        raise APIError(400, "not a valid model id", param="model", code="invalid_model_id")
+    return model_id
 
 
 class _Open(BaseModel):
@@ -57,7 +73,32 @@ class GenerationRequest(_Open):
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: Any = None
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    response_format: dict[str, Any] | None = None
+    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     draftwise: DraftwiseOptions | None = None
+
+    def unsupported(self) -> list[str]:
+        """The fields given that would change the answer and that a generating server does not
+        implement (an upstream engine may)."""
+        given = {
+            "tools": bool(self.tools),
+            "tool_choice": self.tool_choice not in (None, "none"),
+            "functions": bool(self.functions),
+            "function_call": self.function_call not in (None, "none"),
+            "response_format": self.response_format not in (None, {"type": "text"}),
+            "logit_bias": bool(self.logit_bias),
+            "presence_penalty": self.presence_penalty not in (None, 0),
+            "frequency_penalty": self.frequency_penalty not in (None, 0),
+            "top_logprobs": self.top_logprobs not in (None, 0),
+        }
+        return [name for name, set_ in given.items() if set_]
 
 
 class ChatCompletionRequest(GenerationRequest):

@@ -3,7 +3,8 @@
 ``generate`` is blocking torch code. :class:`Engine` runs each admitted :class:`Job` in a thread pool of
 ``max_concurrency`` threads; a :class:`Generation` sends what its thread produces (:class:`Delta`, then
 :class:`Finished` or :class:`Failed`) to the event loop through an ``asyncio.Queue``. Cancelling a
-generation (its client went away) makes its next ``on_token`` raise, so the thread and its slot are freed.
+generation (its client went away) frees its place in the queue at once if it is waiting, or makes its
+next ``on_token`` raise if it runs, so the thread and its slot are freed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 from draftwise.decoding import stop_token_ids
 from draftwise.generate import GenerationResult, GenerationStats, generate
 from draftwise.methods import Method
+from draftwise.serve.admission import Admission
 from draftwise.serve.text import TextStream
 
 
@@ -57,10 +59,6 @@ class Failed:
 Event = Delta | Finished | Failed
 
 
-class Busy(Exception):
-    """Every slot is taken and the queue is full."""
-
-
 class _Cancelled(Exception):
     pass
 
@@ -72,10 +70,15 @@ class Generation:
         self.engine, self.job, self._loop = engine, job, loop
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self._cancelled = threading.Event()
+        self.task: asyncio.Task | None = None  # waiting for a slot, then running the thread
+        self.started = False
 
     def cancel(self) -> None:
-        """Stop at the next token (or before starting); no more events come."""
+        """Stop at the next token, or leave the queue at once if still waiting; no more events come.
+        Called on the event loop."""
         self._cancelled.set()
+        if self.task is not None and not self.started:
+            self.task.cancel()
 
     @property
     def cancelled(self) -> bool:
@@ -165,7 +168,10 @@ class ModelLock:
 
 
 class Engine:
-    """Runs at most ``max_concurrency`` generations at once and admits at most ``max_queue`` more."""
+    """Runs at most ``max_concurrency`` generations at once and admits at most ``max_queue`` more.
+
+    A request is admitted (:meth:`admit`, :class:`~draftwise.serve.admission.Busy` if full) before its
+    prompt is read, then :meth:`submit` takes over its admission, or :meth:`release` returns it."""
 
     def __init__(
         self, target: nn.Module, draft: nn.Module | None, tokenizer, max_concurrency: int, max_queue: int
@@ -177,7 +183,7 @@ class Engine:
         self.target, self.draft, self.tokenizer = target, draft, tokenizer
         self.eos_ids = stop_token_ids(tokenizer, target)
         self.max_concurrency, self.max_queue = max_concurrency, max_queue
-        self.admitted = 0  # running or waiting
+        self.admission = Admission(max_concurrency + max_queue, "requests running or waiting")
         self.running = 0
         self._slots = asyncio.Semaphore(max_concurrency)
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="draftwise-generate")
@@ -187,15 +193,21 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        return self.admitted - self.running
+        return self.admission.count - self.running
+
+    def admit(self) -> None:
+        """Take a place (running or waiting); :class:`Busy` if there is none."""
+        self.admission.admit()
+
+    def release(self) -> None:
+        """Give back a place taken by :meth:`admit` for a request that will not be submitted."""
+        self.admission.release()
 
     def submit(self, job: Job) -> Generation:
-        """Admit ``job`` and start it as soon as a slot is free; raise :class:`Busy` if the queue is full."""
-        if self.admitted >= self.max_concurrency + self.max_queue:
-            raise Busy(f"{self.running} requests are running and {self.waiting} waiting")
-        self.admitted += 1
+        """Start an admitted ``job`` as soon as a slot is free; its place is freed when it ends."""
         generation = Generation(self, job, asyncio.get_running_loop())
         task = asyncio.create_task(self._run(generation))
+        generation.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return generation
@@ -206,6 +218,7 @@ class Engine:
             async with self._slots:
                 if generation.cancelled:
                     return
+                generation.started = True
                 self.running += 1
                 try:
                     await asyncio.get_running_loop().run_in_executor(self._pool, generation.run)
@@ -215,7 +228,7 @@ class Engine:
             generation.cancel()
             raise
         finally:
-            self.admitted -= 1
+            self.admission.release()
             self._generations.discard(generation)
 
     def close(self) -> None:
