@@ -177,8 +177,8 @@ def normal_mode(audit: Audit, target, draft, tokenizer) -> None:
         )
 
     # 12: a queued client that goes away.
-    slow = tiny_model(0)
-    slow.register_forward_pre_hook(lambda module, args: time.sleep(0.05))
+    slow = _tiny_model("qwen2", seed=0)  # 3 layers: its answer to "w7 w8 w9" runs long
+    slow.register_forward_pre_hook(lambda module, args: time.sleep(0.1))
     app = app_of(
         slow,
         draft,
