@@ -82,6 +82,14 @@ def chat(content: str = PROMPT, **extra) -> dict:
     return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 4, **extra}
 
 
+def wait_until_running(base: str, seconds: float = 10) -> None:
+    """Wait until a generation (or compression) runs on the server at ``base``."""
+    deadline = time.monotonic() + seconds
+    while httpx.get(base + "/health").json()["running"] == 0:
+        assert time.monotonic() < deadline, "nothing started running"
+        time.sleep(0.05)
+
+
 def assert_openai_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -253,9 +261,7 @@ def test_a_client_leaving_the_queue_frees_its_place_at_once(models):
     long = {"model": MODEL, "prompt": "w7 w8 w9", "max_tokens": 300}
     with slow_server(models, max_queue=1) as base, ThreadPoolExecutor(1) as pool:
         running_one = pool.submit(post, base, TEXT, long)
-        deadline = time.monotonic() + 10
-        while httpx.get(base + "/health").json()["running"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until_running(base)
         with pytest.raises(httpx.TimeoutException):
             httpx.post(base + TEXT, json=long, timeout=0.6)  # queued, then gone
         time.sleep(0.6)  # a poll interval or two to notice
@@ -321,9 +327,7 @@ def test_a_full_queue_answers_429_before_reading_the_prompt(models):
     )  # fmt: skip
     with running(app) as base, ThreadPoolExecutor(1) as pool:
         busy = pool.submit(post, base, TEXT, {"model": MODEL, "prompt": "w7 w8", "max_tokens": 100})
-        deadline = time.monotonic() + 10
-        while httpx.get(base + "/health").json()["running"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until_running(base)
         before = len(calls)
         refused = post(base, CHAT, chat(" ".join(["w7"] * 5000)))
         error = assert_openai_error(refused, 429)
@@ -577,9 +581,7 @@ def test_a_client_leaving_the_compression_queue_frees_its_place(models, recorder
     }
     with running(app) as base, ThreadPoolExecutor(1) as pool:
         first = pool.submit(post, base, CHAT, body)
-        deadline = time.monotonic() + 10
-        while httpx.get(base + "/health").json()["running"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until_running(base)
         with pytest.raises(httpx.TimeoutException):
             httpx.post(base + CHAT, json=body, timeout=0.5)  # queued, then gone
         time.sleep(0.6)
