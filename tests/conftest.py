@@ -6,6 +6,7 @@ Random weights prove invariants (exactness, positions, budgets), never quality.
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 
 import pytest
 import torch
@@ -54,9 +55,9 @@ def tiny_config(arch: str, layers: int = 3, vocab: int = VOCAB):
     raise ValueError(arch)
 
 
-def tiny_model(arch: str, seed: int = 0, attn: str = "eager", layers: int = 3):
+def tiny_model(arch: str, seed: int = 0, attn: str = "eager", layers: int = 3, vocab: int = VOCAB):
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, layers), attn_implementation=attn)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, layers, vocab), attn_implementation=attn)
     # Larger weights than the default init give peaked, non-uniform attention, so scores differ.
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -88,3 +89,143 @@ def tokenizer() -> PreTrainedTokenizerFast:
 
 def real_models_enabled() -> bool:
     return os.environ.get("DRAFTWISE_SKIP_REAL_MODELS") != "1"
+
+
+# ---- one matrix of methods, and a way to run their whole compression path ----
+
+
+def every_method(budget: int, window: int = 8) -> list:
+    """Every method (and the family's options: lookahead wrappers, CAOTE, sparse pre-fill) at ``budget``,
+    with kernels and neighbourhoods that fit the tiny prompts (at most 7 tokens). Tests that need the
+    whole method list draw it from here, so a new method is tested everywhere at once."""
+    from draftwise import (
+        H2O,
+        TOVA,
+        AdaKV,
+        HeadTail,
+        KeyDiff,
+        KNorm,
+        Perplexity,
+        PyramidKV,
+        RandomDrop,
+        SnapKV,
+        SpecKV,
+        SpecKVPC,
+        SpecPC,
+        StreamingLLM,
+    )
+
+    return [
+        SnapKV(budget=budget, window=window),
+        SnapKV(budget=budget, window=window, caote=True, pool="avg", reduce="mean", kernel=5),
+        SpecKV(budget=budget, window=window, lookahead=6),
+        SpecKV(budget=budget, window=window, lookahead=6, sparse_prefill=True, vertical=8, slash=window + 6),
+        PyramidKV(budget=budget, window=window),
+        PyramidKV(budget=budget, window=window, lookahead=4),
+        AdaKV(budget=budget, window=window, lookahead=4),
+        StreamingLLM(budget=budget, window=window),
+        KNorm(budget=budget, window=window),
+        KeyDiff(budget=budget, window=window),
+        H2O(budget=budget, window=window, block=32),
+        H2O(budget=budget, window=window, caote=True),
+        TOVA(budget=budget, window=window),
+        TOVA(budget=budget, window=window, caote=True),
+        Perplexity(budget=budget, window=window),
+        RandomDrop(budget=budget, window=window),
+        HeadTail(budget=budget, window=window),
+        SpecPC(budget=budget, window=window, neighbourhood=4, kernel=4, first_layer=1, lookahead=3),
+        SpecKVPC(kv_budget=budget, prompt_budget=budget, kv_window=window, prompt_window=window, lookahead=4),
+    ]
+
+
+def keeping_everything(n: int, window: int = 8) -> list:
+    """:func:`every_method` with budgets that keep all of an ``n``-token prompt: ``n`` for most;
+    PyramidKV's budget is raised until its smallest layer keeps ``n`` (``(C - w) / beta >= n - w``);
+    the sparse pre-fill's verticals cover every key before the window and its band the window and
+    lookahead (attention then hides nothing)."""
+    from dataclasses import replace
+
+    from draftwise import PyramidKV, SpecKV
+
+    out = []
+    for method in every_method(n, window):
+        if isinstance(method, PyramidKV):
+            method = replace(method, budget=window + method.beta * (n - window))
+        elif isinstance(method, SpecKV) and method.sparse_prefill:
+            method = replace(method, vertical=n - window)
+        out.append(method)
+    return out
+
+
+_FORCED: dict[type, type] = {}
+
+
+def forced(method):
+    """``method`` as an instance of a test subclass that always runs its whole compression path: its
+    ``compresses()`` is True whatever the prompt length (SpecKV-PC: both stages'), and a SpecKV with
+    ``sparse_prefill`` pre-fills sparsely whatever ``vertical + slash``. With a budget that keeps
+    everything, the answer must still be Full's."""
+    from draftwise import SpecKV, SpecKVPC
+
+    cls = type(method)
+    if cls not in _FORCED:
+        body: dict = {"compresses": lambda self, prompt_length: True}
+        if issubclass(cls, SpecKV):
+            body["sparse_for"] = lambda self, length: self.sparse_prefill
+        if issubclass(cls, SpecKVPC):
+            body["prompt_stage"] = lambda self: forced(cls.prompt_stage(self))
+            body["kv_stage"] = lambda self: forced(cls.kv_stage(self))
+        _FORCED[cls] = type(f"Forced{cls.__name__}", (cls,), body)
+    return _FORCED[cls](**{f.name: getattr(method, f.name) for f in fields(method)})
+
+
+@pytest.fixture
+def kept_positions(monkeypatch) -> dict[int, list[list[int]]]:
+    """Records what pruning keeps: per pruned layer, each KV head's cache positions ``[G][C]``, as
+    passed to :func:`draftwise.cache.keep_positions` (the last pruning of that layer wins)."""
+    import draftwise.prefill
+
+    record: dict[int, list[list[int]]] = {}
+    real = draftwise.prefill.keep_positions
+
+    def spy(cache, layer: int, indices: torch.Tensor) -> None:
+        record[layer] = indices[0].tolist()
+        real(cache, layer, indices)
+
+    monkeypatch.setattr(draftwise.prefill, "keep_positions", spy)
+    return record
+
+
+class ForwardInputs(list):
+    """The ``input_ids`` ``[n]`` (as lists) of every forward of the models it watches, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handles: list = []
+
+    def watch(self, model):
+        def hook(module, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if ids is not None:
+                self.append(ids[0].tolist())
+
+        self.handles.append(model.register_forward_pre_hook(hook, with_kwargs=True))
+        return model
+
+
+@pytest.fixture
+def target_inputs():
+    """Use as ``target_inputs.watch(model)``: records which tokens each forward of ``model`` read."""
+    inputs = ForwardInputs()
+    yield inputs
+    for handle in inputs.handles:
+        handle.remove()
+
+
+@pytest.fixture(scope="session")
+def real_pair():
+    """The embedded pair ``(target, draft, tokenizer)``: Qwen2.5-Coder 1.5B and 0.5B, loaded once for
+    every real-model test (installed by scripts/setup.sh)."""
+    from draftwise import load_default_pair
+
+    return load_default_pair()

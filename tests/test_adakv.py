@@ -71,15 +71,16 @@ def test_padding_is_never_attended(arch, attn, steps):
     assert target.config._attn_implementation == attn
 
 
-def test_ada_speckv_runs_with_the_draft(tokenizer):
+def test_ada_speckv_lookahead_changes_what_is_kept(tokenizer, kept_positions):
+    """Ada-SpecKV (AdaKV with a lookahead) keeps the budget and the lookahead's queries change which
+    keys each head keeps (what exactly: ``test_references.py``)."""
     target = tiny_model("qwen2")
     draft = tiny_model("qwen2", seed=1, layers=2)
+    ids = random_ids(90)
     out = generate(
-        target,
-        draft,
-        tokenizer,
-        random_ids(90),
-        method=AdaKV(budget=30, window=4, lookahead=5),
-        max_new_tokens=4,
+        target, draft, tokenizer, ids, method=AdaKV(budget=30, window=4, lookahead=5), max_new_tokens=4
     )
     assert out.stats.kv_pairs_kept == 30 and out.stats.lookahead_tokens == 5
+    with_lookahead = dict(kept_positions)
+    generate(target, draft, tokenizer, ids, method=AdaKV(budget=30, window=4), max_new_tokens=4)
+    assert kept_positions != with_lookahead

@@ -153,17 +153,25 @@ def test_perplexity_keeps_the_most_surprising_tokens():
     assert best == set(kept[1:-4])
 
 
-def test_lookahead_wraps_any_scorer_of_the_snapkv_family(tokenizer):
+def test_lookahead_wraps_any_scorer_of_the_snapkv_family(tokenizer, kept_positions, target_inputs):
+    """``lookahead`` on PyramidKV (lookahead-PyramidKV): the draft's lookahead is pre-filled in the
+    target after the prompt and its queries change which keys each layer keeps (what exactly it keeps
+    is checked against a reference in ``test_references.py``)."""
     assert not SnapKV(budget=64).needs_draft and SpecKV(budget=64).needs_draft
     assert SnapKV(budget=64, lookahead=None).lookahead_length(7) == 7
-    target = tiny_model("qwen2")
+    target = target_inputs.watch(tiny_model("qwen2"))
     draft = tiny_model("qwen2", seed=1, layers=2)
+    ids = random_ids(80)
     method = PyramidKV(budget=32, window=4, lookahead=5)
     assert method.needs_draft
-    out = generate(target, draft, tokenizer, random_ids(80), method=method, max_new_tokens=3)
+    out = generate(target, draft, tokenizer, ids, method=method, max_new_tokens=3)
     assert out.stats.lookahead_tokens == 5 and out.stats.kv_pairs_kept == 32
+    assert target_inputs[0] == ids and len(target_inputs[1]) == 5, "the prompt, then the lookahead"
+    with_lookahead = dict(kept_positions)
+    generate(target, draft, tokenizer, ids, method=PyramidKV(budget=32, window=4), max_new_tokens=3)
+    assert kept_positions != with_lookahead, "the lookahead's queries change what is kept"
     with pytest.raises(ValueError, match="needs a draft"):
-        generate(target, None, tokenizer, random_ids(80), method=method)
+        generate(target, None, tokenizer, ids, method=method)
 
 
 def test_caote_correction_by_hand():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import forced, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from draftwise import Full, Perplexity, SpecKV, SpecKVPC, SpecPC, generate
@@ -84,26 +84,33 @@ def cross_pair(tokenizers):
     return tiny("qwen2", len(qwen), 0), qwen, tiny("llama", len(smol), 1), smol
 
 
-def test_cross_pair_with_budget_covering_prompt_gives_full_answer(cross_pair):
+def test_cross_pair_forced_compression_keeping_everything_gives_full_answer(cross_pair, kept_positions):
+    """The whole cross-tokenizer path (the draft reads its own rendering; scores cross through the
+    characters; the lookahead is re-tokenized), forced with budgets that keep everything, is exact."""
     target, tokenizer, draft, draft_tokenizer = cross_pair
     messages = [{"role": "user", "content": " ".join([TRICKY] * 6)}]
     full = generate(target, None, tokenizer, messages, method=Full(), max_new_tokens=6)
+    n = full.stats.prompt_tokens
     for method in (
-        SpecKV(budget=4000, lookahead=5),
-        SpecPC(budget=4000, first_layer=1),
-        SpecKVPC(kv_budget=4000, prompt_budget=4000),
-        Perplexity(budget=4000),
+        SpecKV(budget=n, window=16, lookahead=5),
+        SpecPC(budget=n, window=16, kernel=16, neighbourhood=16, first_layer=1),
+        SpecKVPC(kv_budget=n, prompt_budget=n, kv_window=16, prompt_window=16),
+        Perplexity(budget=n),
     ):
+        kept_positions.clear()
         out = generate(
             target,
             draft,
             tokenizer,
             messages,
-            method=method,
+            method=forced(method),
             max_new_tokens=6,
             draft_tokenizer=draft_tokenizer,
         )
         assert out.token_ids == full.token_ids, method
+        assert out.stats.draft_seconds > 0, method
+        assert (out.stats.lookahead_tokens > 0) == (not isinstance(method, Perplexity)), method
+        assert bool(kept_positions) == isinstance(method, SpecKV | SpecKVPC), "pruning ran (keeping all)"
 
 
 def test_cross_pair_budgets_count_target_tokens(cross_pair):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import real_models_enabled
+from conftest import forced, real_models_enabled
 
-from draftwise import Full, SpecKV, SpecKVPC, SpecPC, generate, load_default_pair, load_model
+from draftwise import Full, SpecKV, SpecKVPC, SpecPC, generate, load_model
 from draftwise.bench.needle import needle_case
 from draftwise.decoding import decode
 from draftwise.draft import lookahead
@@ -20,22 +20,26 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def pair():
-    return load_default_pair()
+def pair(real_pair):
+    return real_pair
 
 
-def test_budget_covering_the_prompt_gives_full_answer(pair):
+def test_forced_compression_keeping_everything_gives_full_answer(pair):
+    """The real pair through each drafted method's whole path (draft lookahead and scores, selection,
+    pruning), forced with a budget that keeps the whole prompt: Full's answer, token for token."""
     target, draft, tokenizer = pair
     case = needle_case(tokenizer, context_tokens=300, seed=3)
     full = generate(target, draft, tokenizer, case.messages, method=Full(), max_new_tokens=12)
-    assert 300 < full.stats.prompt_tokens < 1024
+    n = full.stats.prompt_tokens
+    assert 300 < n < 1024
     for method in (
-        SpecKV(budget=1024),
-        SpecPC(budget=1024),
-        SpecKVPC(kv_budget=1024, prompt_budget=1024),
+        SpecKV(budget=n),
+        SpecPC(budget=n),
+        SpecKVPC(kv_budget=n, prompt_budget=n),
     ):
-        out = generate(target, draft, tokenizer, case.messages, method=method, max_new_tokens=12)
+        out = generate(target, draft, tokenizer, case.messages, method=forced(method), max_new_tokens=12)
         assert out.token_ids == full.token_ids, method
+        assert out.stats.lookahead_tokens > 0 and out.stats.draft_seconds > 0, method
 
 
 def test_pruning_machinery_keeping_everything_is_exact(pair):

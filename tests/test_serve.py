@@ -367,9 +367,29 @@ def test_concurrent_generations_answer_as_they_would_alone(models):
     app = create_app(
         target, draft, tokenizer, model_name=MODEL, defaults={"method": "full"}, max_concurrency=4
     )
-    with running(app) as base, ThreadPoolExecutor(len(options)) as pool:
-        together = list(pool.map(lambda i: ask(base, i), range(len(options))))
+    # Each forward of the target notes its thread and yields the GIL a moment, so that generations
+    # running at once interleave their steps.
+    forwards: list[int] = []
+
+    def note(module, args):
+        forwards.append(threading.get_ident())
+        time.sleep(0.002)
+
+    handle = target.register_forward_pre_hook(note)
+    try:
+        with running(app) as base, ThreadPoolExecutor(len(options)) as pool:
+            together = list(pool.map(lambda i: ask(base, i), range(len(options))))
+    finally:
+        handle.remove()
     assert together == alone
+    spans = {t: (forwards.index(t), len(forwards) - 1 - forwards[::-1].index(t)) for t in set(forwards)}
+    overlapping = [
+        (a, b)
+        for a in spans
+        for b in spans
+        if a < b and spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
+    ]
+    assert overlapping, "the requests ran one after another, not at once"
 
 
 def test_model_lock_runs_attention_switching_generations_alone():
@@ -435,14 +455,30 @@ def test_request_over_the_memory_limit_is_refused_before_any_work(models):
         defaults={"method": "full"},
         max_request_bytes=40 * per_token,
     )
-    with running(app) as base:
-        ok = {"model": MODEL, "prompt": "w1 w2 w3", "max_tokens": 4}
-        assert httpx.post(base + TEXT, json=ok, timeout=30).status_code == 200
-        big = {**ok, "prompt": " ".join(f"w{i % 50}" for i in range(60))}
-        response = httpx.post(base + TEXT, json=big, timeout=30)
-        assert response.status_code == 400
-        error = response.json()["error"]
-        assert error["code"] == "request_too_large" and error["param"] == "prompt"
-        assert "MiB of KV cache" in error["message"]
-        response = httpx.post(base + TEXT, json={**ok, "max_tokens": 60}, timeout=30)
-        assert response.status_code == 400 and response.json()["error"]["code"] == "request_too_large"
+    forwards: list[str] = []
+    handles = [
+        model.register_forward_pre_hook(lambda module, args, name=name: forwards.append(name))
+        for name, model in (("target", target), ("draft", draft))
+    ]
+    try:
+        with running(app) as base:
+            ok = {"model": MODEL, "prompt": "w1 w2 w3", "max_tokens": 4}
+            assert httpx.post(base + TEXT, json=ok, timeout=30).status_code == 200
+            assert "target" in forwards, "an accepted request runs the model"
+            forwards.clear()
+            big = {**ok, "prompt": " ".join(f"w{i % 50}" for i in range(60))}
+            response = httpx.post(base + TEXT, json=big, timeout=30)
+            assert response.status_code == 400
+            error = response.json()["error"]
+            assert error["code"] == "request_too_large" and error["param"] == "prompt"
+            assert "MiB of KV cache" in error["message"]
+            response = httpx.post(base + TEXT, json={**ok, "max_tokens": 60}, timeout=30)
+            assert response.status_code == 400 and response.json()["error"]["code"] == "request_too_large"
+            speckv = {**big, "draftwise": {"method": "speckv", "budget": 24, "window": 8}}
+            response = httpx.post(base + TEXT, json=speckv, timeout=30)
+            assert response.status_code == 400 and response.json()["error"]["code"] == "request_too_large"
+            assert httpx.get(base + "/health").json()["running"] == 0
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert forwards == [], "a refused request ran no forward of the target or the draft"

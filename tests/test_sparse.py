@@ -94,3 +94,12 @@ def test_sparse_prefill_keeps_the_budget(arch):
 def test_sparse_parameters_are_checked():
     with pytest.raises(ValueError, match="vertical"):
         SpecKV(budget=64, sparse_prefill=True, vertical=0)
+
+
+def test_sparse_prefill_runs_only_when_it_hides_something():
+    """SpecKV's docstring: the sparse pre-fill applies when ``vertical + slash`` is less than the
+    pre-filled length (prompt and lookahead), and only with ``sparse_prefill=True``."""
+    method = SpecKV(budget=64, sparse_prefill=True, vertical=60, slash=40)
+    assert method.sparse_for(101) and not method.sparse_for(100) and not method.sparse_for(50)
+    dense = SpecKV(budget=64, vertical=8, slash=8)
+    assert not dense.sparse_for(1000) and not dense.swaps_attention and method.swaps_attention

@@ -15,17 +15,21 @@ def adaptive_selection(scores: torch.Tensor, count: int, floor: float) -> tuple[
     """Choose ``count`` positions per head on average from ``scores`` ``[B, G, P]``.
 
     Each head first gets its own top ``floor * count``; the other ``G * (count - floor * count)`` places
-    go to the best remaining scores of any head. Returns ``(indices [B, G, L], valid [B, G, L])``: each
-    head's chosen positions in ascending order, padded to the longest head (``valid`` False there).
+    go to the best remaining scores of any head. Ties (common after max pooling) go to the earlier
+    position, then to the earlier head, on every device. Returns ``(indices [B, G, L], valid [B, G, L])``:
+    each head's chosen positions in ascending order, padded to the longest head (``valid`` False there).
     """
     batch, heads, length = scores.shape
     count = min(count, length)
     guaranteed = int(floor * count)
     rank = scores.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)  # ties: earlier first
     kept = rank < guaranteed
-    rest = scores.float().masked_fill(kept, float("-inf")).reshape(batch, heads * length)
-    extra = rest.topk(heads * (count - guaranteed), dim=-1).indices
-    kept = kept.reshape(batch, heads * length).scatter(1, extra, True).reshape(batch, heads, length)
+    # Position-major [B, P*G], so a stable sort breaks ties by position, then head (topk's order among
+    # equal scores is unspecified and differs between devices).
+    rest = scores.float().masked_fill(kept, float("-inf")).transpose(1, 2).reshape(batch, length * heads)
+    extra = rest.argsort(dim=-1, descending=True, stable=True)[:, : heads * (count - guaranteed)]
+    flat = kept.transpose(1, 2).reshape(batch, length * heads).scatter(1, extra, True)
+    kept = flat.reshape(batch, length, heads).transpose(1, 2)
     counts = kept.sum(-1)  # [B, G]
     longest = int(counts.max())
     position = torch.arange(length, device=scores.device)
