@@ -48,10 +48,6 @@ class Rendered:
         return spans
 
 
-def messages_of(prompt: str | Sequence[dict]) -> list[dict]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-
-
 def _content(message: dict) -> str:
     content = message.get("content")
     if content is None:

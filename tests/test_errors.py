@@ -260,3 +260,8 @@ def test_sampling_is_seeded(pair, tokenizer):
         for _ in range(2)
     ]
     assert runs[0] == runs[1]
+
+
+def test_a_prompt_method_without_draft_scores_says_so():
+    with pytest.raises(NotImplementedError, match="random takes no draft scores"):
+        RandomDrop(budget=64).token_scores(None, torch.tensor([random_ids(80)]))
