@@ -136,3 +136,33 @@ def test_same_tokenizer_compares_vocabularies():
     vocab = renamed.get_vocab()
     renamed.get_vocab = lambda: {**vocab, "w7": 999}  # same size, another vocabulary
     assert len(renamed) == len(a) and not same_tokenizer(a, renamed)
+
+
+def with_bos(template: str | None):
+    from tokenizers import processors
+
+    tokenizer = with_template(template)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", 0)]
+    )
+    return tokenizer
+
+
+def test_a_base_model_reads_the_contents_joined_by_blank_lines_with_its_special_tokens():
+    messages = [{"role": "user", "content": "w7"}, {"role": "assistant", "content": "w8"}]
+    view = render(with_bos(None), messages)
+    assert view.text == "w7\n\nw8" and view.ids.tolist() == [[0, 7, 8]]
+    assert view.content_spans() == [None, (0, 2), (2, 4)]
+
+
+def test_a_chat_template_brings_its_own_special_tokens():
+    view = render(with_bos(PLAIN), [{"role": "user", "content": "w7"}])
+    assert view.ids.tolist() == [[3, 7, 4, 5]], "no BOS added on top of the template's text"
+
+
+def test_message_contents_are_strings_or_nothing():
+    messages = [{"role": "system", "content": None}, {"role": "user", "content": "w8"}]
+    view = render(with_template(PLAIN), messages)
+    assert view.content_length == 2 and [s for s in view.content_spans() if s] == [(0, 2)]
+    with pytest.raises(TypeError, match="a message's content must be a string, got list"):
+        render(with_template(PLAIN), [{"role": "user", "content": [{"type": "text", "text": "w7"}]}])
