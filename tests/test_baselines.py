@@ -17,6 +17,7 @@ from draftwise import (
     RandomDrop,
     SnapKV,
     SpecKV,
+    SpecKVPC,
     StreamingLLM,
     generate,
 )
@@ -127,14 +128,23 @@ def test_tova_and_h2o_keep_what_eager_attention_says(caote):
             )
 
 
+def test_speckvpc_compresses_when_either_stage_does():
+    assert SpecKVPC(kv_budget=16, prompt_budget=100, kv_window=8).compresses(50), "the KV stage alone"
+    assert SpecKVPC(kv_budget=64, prompt_budget=64, kv_window=8, prompt_window=8).compresses(50) is False
+    assert SpecKVPC(kv_budget=16, prompt_budget=32, kv_window=8, prompt_window=8).compresses(50)
+
+
 def test_head_tail_and_random_drop_choose_as_documented():
     ids = torch.arange(100)[None]
-    kept = HeadTail(budget=20, window=4, head=0.5).compress(None, ids).positions
-    assert kept.tolist() == list(range(8)) + list(range(88, 100))
+    out = HeadTail(budget=20, window=4, head=0.5).compress(None, ids)
+    assert out.positions.tolist() == list(range(8)) + list(range(88, 100))
+    assert out.scores.shape == (100,) and out.scores[:8].min() > out.scores[8:].max(), "the head ranks first"
     first = RandomDrop(budget=20, window=4, seed=1).compress(None, ids).positions
     again = RandomDrop(budget=20, window=4, seed=1).compress(None, ids).positions
     other = RandomDrop(budget=20, window=4, seed=2).compress(None, ids).positions
     assert torch.equal(first, again) and not torch.equal(first, other)
+    drawn = RandomDrop(budget=20, window=4, seed=1).compress(None, ids).scores
+    assert drawn.shape == (100,) and set(first[:16].tolist()) == set(drawn[:96].topk(16).indices.tolist())
     assert len(first) == 20 and set(range(96, 100)) <= set(first.tolist())
 
 
@@ -147,6 +157,8 @@ def test_perplexity_keeps_the_most_surprising_tokens():
     expected = -logits[:-1].log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0]
     torch.testing.assert_close(scores[1:], expected, rtol=1e-4, atol=1e-4)
     assert scores[0] == float("inf")
+    for block in (1, 7, 39, 40):  # the LM head a block at a time gives the same values
+        torch.testing.assert_close(surprisal(draft, ids, block=block), scores, rtol=1e-5, atol=1e-5)
     kept = Perplexity(budget=12, window=4).compress(draft, ids).positions.tolist()
     assert kept[0] == 0 and kept[-4:] == [36, 37, 38, 39]
     best = set(torch.topk(scores[1:36], 7).indices.add(1).tolist())
