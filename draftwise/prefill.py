@@ -12,8 +12,6 @@ from transformers import DynamicCache
 from draftwise.attention import QueryRecorder, attention_modules
 from draftwise.cache import (
     SlidingSnapshot,
-    cache_bytes,
-    full_cache_bytes,
     is_sliding,
     keep_positions,
     prunable_layers,
@@ -26,12 +24,10 @@ from draftwise.sparse import SparsePrefill
 
 @dataclass
 class Prefill:
-    """A pre-filled cache, ready to decode from at position ``prompt_length``."""
+    """A pre-filled (and maybe pruned) cache, ready to decode from after the prompt."""
 
     cache: DynamicCache
     logits: torch.Tensor  # [1, V] at the last prompt position
-    prompt_length: int
-    full_bytes: int  # K and V bytes before any pruning
     valid: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer [B, G, L], if heads differ
 
 
@@ -47,7 +43,6 @@ class Observed:
     logits: torch.Tensor  # [1, V] at the last prompt position
     queries: dict[int, torch.Tensor]  # per layer [1, H, q, d], the last q prompt positions
     prompt_length: int
-    full_bytes: int
 
 
 @torch.no_grad()
@@ -58,7 +53,7 @@ def observe(target: nn.Module, input_ids: torch.Tensor, last: int) -> Observed:
     with QueryRecorder(target, last=last) as recorder:
         out = target(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     queries = {m.layer_idx: recorder.queries(m.layer_idx) for m in recorder.modules} if last else {}
-    return Observed(cache, out.logits[:, -1], queries, input_ids.shape[1], cache_bytes(cache))
+    return Observed(cache, out.logits[:, -1], queries, input_ids.shape[1])
 
 
 @torch.no_grad()
@@ -87,7 +82,7 @@ def compress(
                 _prefill_lookahead(target, cache, lookahead_ids.to(target.device), n)
             queries = {layer: torch.cat([q, recorder.queries(layer)], dim=2) for layer, q in queries.items()}
         valid = prune(target, cache, queries, n, method)
-    return Prefill(cache, observed.logits, n, observed.full_bytes, valid)
+    return Prefill(cache, observed.logits, valid)
 
 
 @torch.no_grad()
@@ -138,10 +133,9 @@ def prefill_sparse(
     for layer in sliding:
         layer.crop(-steps)
         layer.record_past = False
-    full_bytes = full_cache_bytes(cache, n)
     queries = {m.layer_idx: recorder.queries(m.layer_idx) for m in recorder.modules}
     valid = prune(target, cache, queries, n, method)
-    return Prefill(cache=cache, logits=out.logits[:, -1], prompt_length=n, full_bytes=full_bytes, valid=valid)
+    return Prefill(cache=cache, logits=out.logits[:, -1], valid=valid)
 
 
 def _prefill_lookahead(target: nn.Module, cache: DynamicCache, lookahead_ids: torch.Tensor, n: int) -> None:

@@ -10,42 +10,70 @@ from draftwise import SpecKV
 from draftwise.cache import prunable_layers
 from draftwise.decoding import decode
 from draftwise.prefill import prefill, prefill_sparse
-from draftwise.sparse import vertical_slash_attention
+from draftwise.sparse import SparsePrefill, vertical_slash_attention
 
 
-def dense_reference(query, key, value, visible, scaling):
+def dense_reference(query, key, value, visible, scaling, softcap=None):
     """Attention with an explicit ``visible`` mask ``[B, G, T, K]`` (per KV head)."""
     group = query.shape[1] // key.shape[1]
     k = key.repeat_interleave(group, dim=1)
     v = value.repeat_interleave(group, dim=1)
     mask = visible.repeat_interleave(group, dim=1)
-    logits = (query @ k.transpose(-1, -2) * scaling).masked_fill(~mask, float("-inf"))
+    logits = query @ k.transpose(-1, -2) * scaling
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    logits = logits.masked_fill(~mask, float("-inf"))
     return (logits.softmax(-1) @ v).transpose(1, 2)
 
 
-def random_qkv(length=40, keys=40, heads=4, groups=2, dim=8, seed=0):
+def random_qkv(length=40, keys=40, heads=4, groups=2, dim=8, seed=0, batch=1):
     g = torch.Generator().manual_seed(seed)
     return (
-        torch.randn(1, heads, length, dim, generator=g),
-        torch.randn(1, groups, keys, dim, generator=g),
-        torch.randn(1, groups, keys, dim, generator=g),
+        torch.randn(batch, heads, length, dim, generator=g),
+        torch.randn(batch, groups, keys, dim, generator=g),
+        torch.randn(batch, groups, keys, dim, generator=g),
     )
+
+
+def vertical_slash_mask(length, n_keys, verticals, band):
+    """``[B, G, T, K]``: the query at position ``p`` (the last ``length`` of ``n_keys``) sees the keys
+    ``p - band + 1 .. p`` and the ``verticals`` ``[B, G, V]`` at or before ``p``."""
+    positions = torch.arange(n_keys - length, n_keys)[:, None]
+    distance = positions - torch.arange(n_keys)[None, :]
+    in_band = (distance >= 0) & (distance < band)
+    batch, groups = verticals.shape[:2]
+    visible = in_band[None, None].repeat(batch, groups, 1, 1)
+    for b in range(batch):
+        for head in range(groups):
+            for j in verticals[b, head].tolist():
+                visible[b, head, :, j] |= positions[:, 0] >= j
+    return visible
 
 
 @pytest.mark.parametrize("block", [7, 256])
 def test_vertical_slash_matches_its_mask(block):
     q, k, v = random_qkv(length=30, keys=40)
     verticals = torch.tensor([[[0, 3, 17, 25, 39], [1, 2, 8, 30, 31]]])
-    band = 6
-    got = vertical_slash_attention(q, k, v, verticals, band, 0.3, block=block)
-    positions = torch.arange(10, 40)[:, None]
-    keys = torch.arange(40)[None, :]
-    in_band = (positions - keys >= 0) & (positions - keys < band)
-    visible = in_band[None, None].repeat(1, 2, 1, 1)
-    for head in range(2):
-        for j in verticals[0, head].tolist():
-            visible[0, head, :, j] |= positions[:, 0] >= j
+    got = vertical_slash_attention(q, k, v, verticals, 6, 0.3, block=block)
+    visible = vertical_slash_mask(30, 40, verticals, 6)
     torch.testing.assert_close(got, dense_reference(q, k, v, visible, 0.3), rtol=1e-5, atol=1e-6)
+
+
+def test_each_sequence_of_a_batch_has_its_own_verticals():
+    q, k, v = random_qkv(length=30, keys=40, batch=2)
+    verticals = torch.tensor([[[0, 3, 17], [1, 2, 8]], [[5, 6, 20], [0, 11, 29]]])
+    got = vertical_slash_attention(q, k, v, verticals, 4, 0.3, block=8)
+    visible = vertical_slash_mask(30, 40, verticals, 4)
+    torch.testing.assert_close(got, dense_reference(q, k, v, visible, 0.3), rtol=1e-5, atol=1e-6)
+
+
+def test_vertical_slash_attention_keeps_the_inputs_dtype():
+    q, k, v = random_qkv(length=30, keys=40)
+    verticals = torch.tensor([[[0, 3, 17], [1, 2, 8]]])
+    got = vertical_slash_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), verticals, 4, 0.3)
+    assert got.dtype == torch.bfloat16
+    expected = dense_reference(q, k, v, vertical_slash_mask(30, 40, verticals, 4), 0.3)
+    torch.testing.assert_close(got.float(), expected, rtol=0.05, atol=0.05)
 
 
 def test_vertical_slash_with_everything_visible_is_dense_causal_attention():
@@ -55,6 +83,101 @@ def test_vertical_slash_with_everything_visible_is_dense_causal_attention():
     expected = dense_reference(q, k, v, causal, 0.35)
     torch.testing.assert_close(vertical_slash_attention(q, k, v, everything, 3, 0.35), expected)
     torch.testing.assert_close(vertical_slash_attention(q, k, v, None, 40, 0.35), expected)
+
+
+class Capped(torch.nn.Module):
+    """Stands for an attention module with Gemma 2's logit soft-capping."""
+
+    attn_logit_softcapping = 2.0
+
+
+@pytest.mark.parametrize("sliding_window", [None, 20])
+@pytest.mark.parametrize("scaling", [0.7, None])
+def test_the_sparse_pass_uses_the_modules_scaling_and_soft_capping(scaling, sliding_window):
+    """With every key before the observed queries a vertical and a band as wide as the observed queries,
+    a full layer's sparse attention is dense causal attention under the layer's own scaling (head size
+    ** -0.5 when it gives none) and soft-capping; so is a sliding layer's, with a window as long."""
+    q, k, v = random_qkv(length=20, keys=20)
+    sparse = SparsePrefill(
+        torch.nn.Linear(1, 1), SpecKV(budget=8, window=4), observed=4, vertical=16, slash=4
+    )
+    got, _ = sparse.attention(Capped(), q, k, v, None, scaling=scaling, sliding_window=sliding_window)
+    causal = torch.ones(20, 20, dtype=torch.bool).tril()[None, None].repeat(1, 2, 1, 1)
+    expected = dense_reference(q, k, v, causal, 0.7 if scaling else 8**-0.5, softcap=2.0)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_single_candidate_key_is_a_vertical():
+    """Five keys, four observed queries: the one key before them is the vertical every query sees."""
+    q, k, v = random_qkv(length=5, keys=5)
+    sparse = SparsePrefill(torch.nn.Linear(1, 1), SpecKV(budget=8, window=4), observed=4, vertical=1, slash=1)
+    got, _ = sparse.attention(torch.nn.Module(), q, k, v, None, scaling=0.5)
+    visible = (torch.eye(5, dtype=torch.bool) | (torch.arange(5)[None, :] == 0))[None, None].repeat(
+        1, 2, 1, 1
+    )
+    torch.testing.assert_close(got, dense_reference(q, k, v, visible, 0.5), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("length", "vertical"), [(4, 2), (10, 0)])
+def test_without_candidates_or_verticals_a_query_sees_only_its_band(length, vertical):
+    """No key before the four observed queries, or no vertical asked for: the band alone."""
+    q, k, v = random_qkv(length=length, keys=length)
+    sparse = SparsePrefill(
+        torch.nn.Linear(1, 1), SpecKV(budget=8, window=4), observed=4, vertical=vertical, slash=2
+    )
+    got, _ = sparse.attention(torch.nn.Module(), q, k, v, None, scaling=0.5)
+    visible = vertical_slash_mask(length, length, torch.zeros(1, 2, 0, dtype=torch.long), 2)
+    torch.testing.assert_close(got, dense_reference(q, k, v, visible, 0.5), rtol=1e-5, atol=1e-6)
+
+
+def test_the_verticals_are_chosen_before_all_observed_queries():
+    """Twelve observed queries (more than the head size, 8) over fourteen keys leave two candidates, keys
+    0 and 1, which every query then sees, though keys 2-5 would attract far more attention."""
+    q, k, v = random_qkv(length=14, keys=14)
+    pull = q[:, :, -12:].mean(dim=2).reshape(1, 2, 2, 8).mean(dim=2)  # [B, G, d], each group's queries
+    k[:, :, 0:2] = -4 * pull[:, :, None]
+    k[:, :, 2:6] = 4 * pull[:, :, None]
+    sparse = SparsePrefill(
+        torch.nn.Linear(1, 1), SpecKV(budget=8, window=4, kernel=1), observed=12, vertical=2, slash=2
+    )
+    got, _ = sparse.attention(torch.nn.Module(), q, k, v, None, scaling=0.5)
+    visible = vertical_slash_mask(14, 14, torch.tensor([[[0, 1], [0, 1]]]), 2)
+    torch.testing.assert_close(got, dense_reference(q, k, v, visible, 0.5), rtol=1e-5, atol=1e-6)
+
+
+class TightlyCapped(torch.nn.Module):
+    attn_logit_softcapping = 0.5
+
+
+def test_the_verticals_are_ranked_by_soft_capped_attention():
+    """Key 0 draws all of one observed query's attention and none of the other's; key 1 a fair share of
+    both. Uncapped, key 0 has the larger mean attention; capped at 0.5 (both logits near the cap), key 1
+    has, and it is the vertical the sparse pass chooses."""
+    q = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])[None, None]  # [1, 1, 4, 2]
+    k = torch.tensor([[10.0, -10.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])[None, None]
+    v = torch.randn(1, 1, 4, 2, generator=torch.Generator().manual_seed(0))
+    method = SpecKV(budget=8, window=2, kernel=1, reduce="mean")
+    sparse = SparsePrefill(torch.nn.Linear(1, 1), method, observed=2, vertical=1, slash=1)
+    uncapped = vertical_slash_mask(4, 4, torch.tensor([[[0]]]), 1)
+    capped = vertical_slash_mask(4, 4, torch.tensor([[[1]]]), 1)
+    free, _ = sparse.attention(torch.nn.Module(), q, k, v, None, scaling=1.0)
+    torch.testing.assert_close(free, dense_reference(q, k, v, uncapped, 1.0))
+    got, _ = sparse.attention(TightlyCapped(), q, k, v, None, scaling=1.0)
+    torch.testing.assert_close(got, dense_reference(q, k, v, capped, 1.0, softcap=0.5))
+
+
+def test_a_sparse_prefill_without_lookahead_keeps_the_sliding_layers_whole():
+    """Gemma 3's first (sliding) layer holds exactly the dense pre-fill's keys, and no longer records
+    its past once the pre-fill is done."""
+    target = tiny_model("gemma3_text")
+    ids = torch.tensor([random_ids(50, seed=5)])
+    dense = prefill(target, ids)
+    sparse = prefill_sparse(
+        target, ids, SpecKV(budget=24, window=8, sparse_prefill=True, vertical=8, slash=8), None
+    )
+    torch.testing.assert_close(sparse.cache.layers[0].keys, dense.cache.layers[0].keys)
+    sliding = [layer for i, layer in enumerate(sparse.cache.layers) if i not in prunable_layers(sparse.cache)]
+    assert sliding and not any(layer.record_past for layer in sliding)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
