@@ -22,7 +22,6 @@ class _FreeRuns:
     near-constant time (union-find with path halving), so growing neighbourhoods costs O(n) in all."""
 
     def __init__(self, size: int) -> None:
-        self.size = size
         self.kept = bytearray(size)
         self._left = list(range(size + 1))  # index i + 1 stands for position i; 0 for "none left"
         self._right = list(range(size + 1))  # index i for position i; size for "none right"

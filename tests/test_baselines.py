@@ -18,6 +18,7 @@ from draftwise import (
     SnapKV,
     SpecKV,
     SpecKVPC,
+    SpecPC,
     StreamingLLM,
     generate,
 )
@@ -194,3 +195,18 @@ def test_caote_correction_by_hand():
         a / (1 - a) * float((values[0, 0, j] - out).norm()) for j, a in enumerate(rows.flatten().tolist())
     ]
     torch.testing.assert_close(caote_correction(rows, values).flatten(), torch.tensor(expected))
+
+
+def test_a_prompt_methods_compress_stops_the_drafts_lookahead_and_returns_its_scores():
+    draft = tiny_model("llama", seed=3)
+    ids = torch.tensor([random_ids(40, seed=12)])
+    method = SpecPC(budget=16, window=4, lookahead=6)
+    free = method.compress(draft, ids)
+    assert free.lookahead_ids.shape == (1, 6)
+    second = free.lookahead_ids[0, 1].item()
+    stopped = method.compress(draft, ids, stop_ids=[second])
+    assert stopped.lookahead_ids.shape[1] < 6, "the lookahead ends at a stop token"
+    scores, lookahead_ids = method.token_scores(draft, ids, [second])
+    torch.testing.assert_close(stopped.scores, scores)
+    torch.testing.assert_close(stopped.lookahead_ids, lookahead_ids)
+    assert torch.equal(stopped.positions, method.choose(scores))

@@ -63,7 +63,9 @@ def test_empty_prompt(pair, tokenizer, prompt):
         (lambda: AdaKV(budget=64, floor=1.5), "floor must be a share"),
         (lambda: HeadTail(head="0.5"), "head must be a finite number"),
         (lambda: H2O(budget=64, block=0), "block must be a positive integer"),
+        (lambda: HeadTail(head=1.5), "head must be a share"),
         (lambda: RandomDrop(seed=2**64), "seed must be in"),
+        (lambda: RandomDrop(seed=-(2**63) - 1), "seed must be in"),
         (lambda: StreamingLLM(budget=64, sinks=-1), "sinks must be a non-negative integer"),
         (lambda: PyramidKV(budget=64, beta=0), "beta"),
         (lambda: SpecPC(first_layer=-1), "first_layer"),
@@ -73,6 +75,12 @@ def test_bad_method_parameters(make, message):
     with pytest.raises(OptionError, match=message) as caught:
         make()
     assert caught.value.option in str(caught.value), "the error names the option it is about"
+
+
+@pytest.mark.parametrize("seed", [-(2**63), 2**64 - 1])
+def test_random_drop_takes_every_seed_torch_takes(seed):
+    kept = RandomDrop(budget=8, window=2, seed=seed).compress(None, torch.arange(20)[None]).positions
+    assert len(kept) == 8
 
 
 @pytest.mark.parametrize(
