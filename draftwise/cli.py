@@ -5,30 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 
-from draftwise.methods import METHODS, Budgeted, Full, Method, SpecKV, SpecKVPC
+from draftwise.methods import METHODS, Budgeted, Full, SpecKV, build_method
 from draftwise.models import DEFAULT_DRAFT, DEFAULT_TARGET, DTYPES, EMBEDDED
-
-
-def build_method(name: str, **options: object) -> Method:
-    """A method from command-line style options; ``None`` keeps the method's default.
-
-    For ``speckvpc``, ``budget`` and ``window`` are its KV stage's, ``prompt_budget`` its SpecPC stage's.
-    """
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    cls = METHODS[name]
-    given = {k: v for k, v in options.items() if v is not None and v is not False}
-    if cls is SpecKVPC:
-        renames = {"budget": "kv_budget", "window": "kv_window"}
-        given = {renames.get(k, k): v for k, v in given.items()}
-    accepted = {f.name for f in fields(cls)}
-    unused = [k for k in given if k not in accepted]
-    if unused:
-        raise ValueError(f"{name} takes no {', '.join('--' + k.replace('_', '-') for k in unused)}")
-    return cls(**given)
 
 
 def _stats_rows(stats) -> list[tuple[str, str]]:
@@ -285,7 +265,9 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt-budget", type=int, help="speckvpc: prompt tokens kept by its SpecPC stage")
     gen.add_argument("--window", type=int, help="last tokens always kept (method default if unset)")
     gen.add_argument("--lookahead", type=int, help="draft tokens (default: method's own)")
-    gen.add_argument("--sparse-prefill", action="store_true", help="speckv: sparse (vertical-slash) pre-fill")
+    gen.add_argument(
+        "--sparse-prefill", action="store_true", default=None, help="speckv: sparse (vertical-slash) pre-fill"
+    )
     gen.add_argument("--vertical", type=int, help="speckv sparse pre-fill: keys every query sees (2048)")
     gen.add_argument("--slash", type=int, help="speckv sparse pre-fill: local band of recent keys (2048)")
     gen.add_argument("--context-file", help="text file with the long context ('-' for stdin)")

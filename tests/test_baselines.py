@@ -23,7 +23,7 @@ from draftwise import (
     generate,
 )
 from draftwise.cache import kept_per_head
-from draftwise.cli import build_method
+from draftwise.methods import build_method
 from draftwise.methods.perplexity import surprisal
 from draftwise.methods.pyramidkv import pyramid_budgets
 from draftwise.prefill import prefill
@@ -75,7 +75,7 @@ def test_baselines_prune_a_real_cache_to_the_budget():
 
 def test_cli_builds_baselines():
     assert build_method("streamingllm", budget=64, window=8) == StreamingLLM(budget=64, window=8)
-    with pytest.raises(ValueError, match="knorm takes no --lookahead"):
+    with pytest.raises(ValueError, match="knorm takes no option 'lookahead'"):
         build_method("knorm", budget=64, lookahead=3)
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from draftwise.cli import build_method, main
-from draftwise.methods import SpecKV, SpecKVPC
+from draftwise.cli import main
+from draftwise.methods import SpecKV, SpecKVPC, build_method
+from draftwise.methods.base import OptionError
 
 
 @pytest.fixture
@@ -63,8 +64,17 @@ def test_build_method_defaults_and_overrides():
     )
     with pytest.raises(ValueError, match="unknown method"):
         build_method("magic")
-    with pytest.raises(ValueError, match="snapkv takes no --sparse-prefill"):
+    with pytest.raises(ValueError, match="snapkv takes no option 'sparse_prefill'"):
         build_method("snapkv", sparse_prefill=True)
+    with pytest.raises(OptionError, match="its options: .*kv_budget") as caught:
+        build_method("speckvpc", kernel=3)
+    assert caught.value.option == "kernel"
+
+
+def test_false_is_an_option_not_a_default():
+    """Only ``None`` keeps a method's default: ``False`` turns off an option that is on by default."""
+    assert build_method("specpc", weighted_query=False).weighted_query is False
+    assert build_method("specpc", weighted_query=None).weighted_query is True
 
 
 def test_compress_reads_stdin_and_writes_the_kept_text(model_dirs, monkeypatch, capsys):

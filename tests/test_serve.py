@@ -24,6 +24,8 @@ except ImportError:  # pragma: no cover
 
 from draftwise.checks import kv_cache_bytes  # noqa: E402
 from draftwise.serve import add_serve_arguments, create_app, serve  # noqa: E402
+from draftwise.serve.jobs import Defaults  # noqa: E402
+from draftwise.serve.schemas import DraftwiseOptions  # noqa: E402
 from draftwise.serve.text import TextStream  # noqa: E402
 from draftwise.serve.worker import ModelLock  # noqa: E402
 
@@ -330,6 +332,15 @@ def test_text_stream_holds_back_and_cuts_at_stop_strings():
     deltas = [stream.feed(i) for i in ids]
     assert stream.stopped and "".join(deltas) + stream.finish() == "w10 w11 "
     assert all("w12" not in d for d in deltas)
+
+
+def test_a_request_can_turn_off_an_option_that_is_on_by_default():
+    """``"weighted_query": false`` reaches SpecPC (it is on by default); an unset option keeps its default."""
+    defaults = Defaults.parse({"method": "full"})
+    off = DraftwiseOptions.model_validate({"method": "specpc", "weighted_query": False})
+    assert defaults.build_method(off).weighted_query is False
+    unset = DraftwiseOptions.model_validate({"method": "specpc"})
+    assert defaults.build_method(unset).weighted_query is True
 
 
 def test_bad_defaults_fail_at_creation(models):

@@ -10,7 +10,7 @@ a large prompt take a while).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,10 +25,9 @@ from draftwise.checks import (
     peak_bytes,
     vocabulary_size,
 )
-from draftwise.cli import build_method
 from draftwise.decoding import Sampler
 from draftwise.generate import encode
-from draftwise.methods import METHODS, Method, SpecKVPC
+from draftwise.methods import Method, build_method
 from draftwise.methods.base import OptionError
 from draftwise.serve.errors import APIError
 from draftwise.serve.schemas import (
@@ -77,23 +76,7 @@ class Defaults:
             **(self.options if name == self.method else {}),
             **(requested.options() if requested else {}),
         }
-        _check_options(name, options)
         return build_method(name, **options)
-
-
-def _check_options(name: str, options: Mapping[str, Any]) -> None:
-    """Name the method if it is unknown, or the first option it does not take."""
-    if name not in METHODS:
-        raise OptionError("method", f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    accepted = {f.name for f in fields(METHODS[name])}
-    if METHODS[name] is SpecKVPC:  # build_method maps these to its KV stage's
-        accepted |= {"budget", "window"}
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        takes = ", ".join(sorted(accepted)) or "none"
-        raise OptionError(
-            unknown[0], f"{name} takes no option {', '.join(map(repr, unknown))}; its options: {takes}"
-        )
 
 
 def _bad(message: str, param: str | None, code: str | None = None) -> APIError:
