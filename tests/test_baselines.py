@@ -139,6 +139,7 @@ def test_head_tail_and_random_drop_choose_as_documented():
     ids = torch.arange(100)[None]
     out = HeadTail(budget=20, window=4, head=0.5).compress(None, ids)
     assert out.positions.tolist() == list(range(8)) + list(range(88, 100))
+    assert out.scores.dtype == torch.float32
     assert out.scores.shape == (100,) and out.scores[:8].min() > out.scores[8:].max(), "the head ranks first"
     first = RandomDrop(budget=20, window=4, seed=1).compress(None, ids).positions
     again = RandomDrop(budget=20, window=4, seed=1).compress(None, ids).positions
@@ -149,20 +150,21 @@ def test_head_tail_and_random_drop_choose_as_documented():
     assert len(first) == 20 and set(range(96, 100)) <= set(first.tolist())
 
 
-def test_perplexity_keeps_the_most_surprising_tokens():
+@pytest.mark.parametrize("n", [40, 100])  # 100: longer than the hidden size (64), as real prompts are
+def test_perplexity_keeps_the_most_surprising_tokens(n):
     draft = tiny_model("llama", seed=3)
-    ids = torch.tensor([random_ids(40, seed=12)])
+    ids = torch.tensor([random_ids(n, seed=12)])
     scores = surprisal(draft, ids)
     with torch.no_grad():
         logits = draft(input_ids=ids).logits[0].float()
     expected = -logits[:-1].log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0]
     torch.testing.assert_close(scores[1:], expected, rtol=1e-4, atol=1e-4)
     assert scores[0] == float("inf")
-    for block in (1, 7, 39, 40):  # the LM head a block at a time gives the same values
+    for block in (1, 7, n - 1, n):  # the LM head a block at a time gives the same values
         torch.testing.assert_close(surprisal(draft, ids, block=block), scores, rtol=1e-5, atol=1e-5)
     kept = Perplexity(budget=12, window=4).compress(draft, ids).positions.tolist()
-    assert kept[0] == 0 and kept[-4:] == [36, 37, 38, 39]
-    best = set(torch.topk(scores[1:36], 7).indices.add(1).tolist())
+    assert kept[0] == 0 and kept[-4:] == list(range(n - 4, n))
+    best = set(torch.topk(scores[1 : n - 4], 7).indices.add(1).tolist())
     assert best == set(kept[1:-4])
 
 

@@ -28,6 +28,20 @@ def test_text_renders_with_its_content_from_the_first_character():
     assert view.content_spans() == [(0, 2), (3, 5)]
 
 
+def test_text_with_trailing_whitespace_is_located_whole():
+    view = render(tiny_tokenizer(), "w7 w8 ")
+    assert view.contents == [(0, 6)] and view.anchors == [0] and view.content_length == 6
+
+
+def test_a_trimmed_content_is_found_after_the_previous_one_and_before_the_next():
+    """The middle content, trimmed by the template, reads "w7" like its neighbours: it is the one
+    between them, not the first or the last."""
+    messages = [{"role": "user", "content": c} for c in ("w7", "\tw7\n", "w7")]
+    view = render(with_template(TRIM), messages)
+    assert view.text == "w7 w7 w7 "
+    assert view.contents == [(0, 2), (3, 5), (6, 8)] and view.anchors == [0, 3, 6]
+
+
 def test_equal_contents_are_located_one_after_another():
     messages = [{"role": "user", "content": "w7"}, {"role": "user", "content": "w7"}]
     view = render(with_template(PLAIN), messages)
@@ -101,7 +115,7 @@ def test_transfer_fills_uncovered_characters_with_the_lowest_finite_score():
 
 def test_transfer_refuses_what_does_not_match():
     source = render(tiny_tokenizer(), "w7 w8")
-    with pytest.raises(ValueError, match="the two renderings hold different contents"):
+    with pytest.raises(ValueError, match="^the two renderings hold different contents$"):
         transfer_scores(source, torch.zeros(2), render(tiny_tokenizer(), "w7 w8 w9"))
     with pytest.raises(ValueError):  # one score per source token
         transfer_scores(source, torch.zeros(3), render(tiny_tokenizer(), "w7 w8"))
@@ -115,6 +129,7 @@ def test_tokenize_matches_render_and_keeps_special_tokens_as_the_model_reads_the
     assert tokenize(bos, "w7 w8").tolist() == [[0, 7, 8]] == render(bos, "w7 w8").ids.tolist()
     chat = [{"role": "user", "content": "w7"}]
     assert tokenize(with_template(PLAIN), chat).tolist() == [[3, 7, 4, 5]]
+    assert tokenize(with_bos(PLAIN), chat).tolist() == [[3, 7, 4, 5]], "no BOS on the template's text"
     empty = tokenize(tiny_tokenizer(), "")
     assert empty.shape == (1, 0) and empty.dtype == torch.long
     assert tokenize(tiny_tokenizer(), "w7").dtype == torch.long
@@ -124,6 +139,7 @@ def test_translate_goes_through_the_text_without_special_tokens():
     tokenizer = tiny_tokenizer()
     assert translate(torch.tensor([[0, 7, 8, 1]]), tokenizer, tokenizer).tolist() == [[7, 8]]
     assert translate(torch.tensor([[0, 1]]), tokenizer, tokenizer) is None
+    assert translate(torch.tensor([[0, 7, 8]]), tokenizer, with_bos(None)).tolist() == [[7, 8]], "no BOS"
 
 
 def test_same_tokenizer_compares_vocabularies():
