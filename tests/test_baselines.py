@@ -135,6 +135,25 @@ def test_speckvpc_compresses_when_either_stage_does():
     assert SpecKVPC(kv_budget=16, prompt_budget=32, kv_window=8, prompt_window=8).compresses(50)
 
 
+@pytest.mark.parametrize("prompt_budget", [100, 32])
+def test_speckvpc_looks_ahead_its_own_number_of_tokens(tokenizer, prompt_budget):
+    """Whether SpecPC's lookahead is reused (prompt budget 32 of 50 tokens) or, the prompt stage keeping
+    everything (budget 100), SpecKV drafts its own, the lookahead is ``lookahead`` tokens long."""
+    method = SpecKVPC(kv_budget=16, prompt_budget=prompt_budget, lookahead=3, kv_window=8, prompt_window=8)
+    out = generate(tiny_model("qwen2"), tiny_model("qwen2", seed=1, layers=2), tokenizer, random_ids(50),
+                   method=method, max_new_tokens=6)  # fmt: skip
+    assert out.stats.lookahead_tokens == 3
+
+
+def test_specpc_scores_a_prompt_as_long_as_its_window():
+    draft = tiny_model("llama", seed=3)
+    ids = torch.tensor([random_ids(8, seed=12)])
+    scores, _ = SpecPC(budget=8, window=8, lookahead=2).token_scores(draft, ids)
+    assert scores.shape == (8,)
+    with pytest.raises(ValueError, match=r"^window \(9\) is larger than the prompt \(8 tokens\)$"):
+        SpecPC(budget=9, window=9, lookahead=2).token_scores(draft, ids)
+
+
 def test_head_tail_and_random_drop_choose_as_documented():
     ids = torch.arange(100)[None]
     out = HeadTail(budget=20, window=4, head=0.5).compress(None, ids)

@@ -53,6 +53,7 @@ def test_empty_prompt(pair, tokenizer, prompt):
         (lambda: SpecKV(budget=64, reduce="sum"), "reduce"),
         (lambda: SpecKV(budget=64, lookahead=0), "lookahead"),
         (lambda: SpecKVPC(kv_budget=8), "at least the window"),
+        (lambda: SpecKVPC(lookahead=0), "lookahead must be a positive integer"),
         (lambda: SpecPC(budget=2.5), "budget must be an integer"),
         (lambda: SpecKV(budget=64, sparse_prefill="false"), "sparse_prefill must be true or false"),
         (lambda: SnapKV(budget=64, caote=1), "caote must be true or false"),

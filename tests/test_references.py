@@ -275,6 +275,8 @@ SPECPC = SpecPC(budget=32, window=8, kernel=4, neighbourhood=4, first_layer=1, l
     [(arch, SPECPC) for arch in ARCHITECTURES]
     + [
         ("llama", SpecPC(budget=30, window=6, kernel=5, pool="avg", neighbourhood=3, first_layer=8)),
+        # From layer 0, of which only the full-attention one (layer 1) is read.
+        ("gemma3_text", SpecPC(budget=32, window=8, kernel=4, neighbourhood=4, first_layer=0, lookahead=3)),
         (
             "qwen2",
             SpecPC(budget=30, window=8, kernel=1, neighbourhood=1, first_layer=0, weighted_query=False),
