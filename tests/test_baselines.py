@@ -154,6 +154,14 @@ def test_specpc_scores_a_prompt_as_long_as_its_window():
         SpecPC(budget=9, window=9, lookahead=2).token_scores(draft, ids)
 
 
+def test_specpc_needs_a_draft_with_a_full_attention_layer():
+    """A one-layer Gemma 3 draft has only a sliding-window layer, which no longer holds the prompt."""
+    draft = tiny_model("gemma3_text", layers=1)
+    message = "^the draft has no full-attention layer to read the prompt's importance from$"
+    with pytest.raises(ValueError, match=message):
+        SpecPC(budget=16, window=8, lookahead=2).token_scores(draft, torch.tensor([random_ids(40)]))
+
+
 def test_head_tail_and_random_drop_choose_as_documented():
     ids = torch.arange(100)[None]
     out = HeadTail(budget=20, window=4, head=0.5).compress(None, ids)
