@@ -29,8 +29,8 @@ def keep_positions(cache: DynamicCache, layer: int, indices: torch.Tensor) -> No
     if is_sliding(cache, layer):
         raise ValueError(f"layer {layer} is a sliding-window layer and is not pruned")
     state = cache.layers[layer]
-    index = indices.to(state.keys.device)[..., None].expand(-1, -1, -1, state.keys.shape[-1])
-    state.keys = state.keys.gather(2, index).contiguous()
+    index = indices.to(state.keys.device)[..., None]  # [B, G, C, 1]
+    state.keys = state.keys.gather(2, index.expand(-1, -1, -1, state.keys.shape[-1])).contiguous()
     state.values = state.values.gather(2, index.expand(-1, -1, -1, state.values.shape[-1])).contiguous()
 
 

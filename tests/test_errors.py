@@ -48,6 +48,7 @@ def test_empty_prompt(pair, tokenizer, prompt):
         (lambda: SpecKV(budget=-5), "positive"),
         (lambda: SpecKV(budget=16, window=32), "at least the window"),
         (lambda: SpecPC(budget=32), "at least the window"),
+        (lambda: SpecPC(lookahead=0), "lookahead must be a positive integer"),
         (lambda: SnapKV(budget=64, kernel=4), "odd"),
         (lambda: SnapKV(budget=64, pool="min"), "pool"),
         (lambda: SpecKV(budget=64, reduce="sum"), "reduce"),

@@ -159,3 +159,24 @@ def test_specpc_keeps_the_budget_in_generate(tokenizer):
     assert out.stats.prompt_tokens_kept == 40
     assert out.stats.lookahead_tokens == 3
     assert out.stats.kv_bytes * 3 == out.stats.kv_bytes_full
+
+
+@pytest.mark.parametrize(
+    ("budget", "window", "neighbourhood"), [(0, 2, 1), (4, 0, 1), (4, 2, 0), (-1, 2, 1), (4, 2, -3)]
+)
+def test_select_tokens_needs_positive_sizes(budget, window, neighbourhood):
+    with pytest.raises(ValueError, match="^budget, window and neighbourhood must be positive$"):
+        select_tokens(torch.rand(10), budget, window, neighbourhood)
+
+
+def test_select_tokens_needs_one_score_per_token():
+    with pytest.raises(ValueError, match=r"^scores must be 1-D \[n\], got shape \(2, 5\)$"):
+        select_tokens(torch.rand(2, 5), 4, 2)
+
+
+def test_a_neighbourhood_of_one_keeps_only_the_scored_tokens():
+    """Token 5 ranks first and token 9 second: with no neighbours, they are what is kept, not token 5's
+    free neighbour 4."""
+    scores = torch.zeros(14)
+    scores[5], scores[9] = 2.0, 1.0
+    assert select_tokens(scores, budget=4, window=2, neighbourhood=1).tolist() == [5, 9, 12, 13]
