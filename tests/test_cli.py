@@ -69,6 +69,9 @@ def test_build_method_defaults_and_overrides():
     with pytest.raises(OptionError, match="its options: .*kv_budget") as caught:
         build_method("speckvpc", kernel=3)
     assert caught.value.option == "kernel"
+    with pytest.raises(OptionError, match="^budget: kv_budget .* at least the window") as caught:
+        build_method("speckvpc", budget=8)
+    assert caught.value.option == "budget", "the option as the caller named it"
 
 
 def test_false_is_an_option_not_a_default():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import typing
+from dataclasses import fields
 
 import pytest
 import torch
@@ -25,6 +27,7 @@ from draftwise import (
     StreamingLLM,
     generate,
 )
+from draftwise.methods import METHODS
 from draftwise.methods.base import Footprint, OptionError
 from draftwise.prefill import prefill
 
@@ -77,6 +80,30 @@ def test_bad_method_parameters(make, message):
     with pytest.raises(OptionError, match=message) as caught:
         make()
     assert caught.value.option in str(caught.value), "the error names the option it is about"
+
+
+# A value out of range for each option of any method (bools: not a bool).
+OUT_OF_RANGE = dict(
+    budget=0, window=0, kernel=0, pool="nope", reduce="nope", lookahead=-1, caote="yes",
+    sparse_prefill="yes", vertical=-1, slash=-1, neighbourhood=0, first_layer=-1, weighted_query="yes",
+    kv_budget=0, prompt_budget=0, kv_window=0, prompt_window=0, beta=-1, floor=1.5, sinks=-1, block=0,
+    seed=2**64, head=1.5,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", [name for name in METHODS if name != "full"])
+def test_every_option_out_of_range_is_named(name):
+    """Built inside the test (not at collection), each option of each method, out of its range, raises
+    an OptionError that names it, first thing in its message."""
+    cls = METHODS[name]
+    for option in (f.name for f in fields(cls)):
+        with pytest.raises(OptionError) as caught:
+            cls(**{option: OUT_OF_RANGE[option]})
+        assert caught.value.option == option and str(caught.value).startswith(option), (option, caught.value)
+    for option, hint in typing.get_type_hints(cls).items():
+        if typing.get_origin(hint) is typing.Literal:
+            for choice in typing.get_args(hint):
+                assert getattr(cls(**{option: choice}), option) == choice
 
 
 @pytest.mark.parametrize("seed", [-(2**63), 2**64 - 1])

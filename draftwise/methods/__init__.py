@@ -64,7 +64,13 @@ def build_method(name: str, **options: object) -> Method:
         raise OptionError(
             unknown[0], f"{name} takes no option {', '.join(map(repr, unknown))}; its options: {takes}"
         )
-    return cls(**given)
+    try:
+        return cls(**given)
+    except OptionError as error:
+        said = {new: old for old, new in renames.items() if old in options}.get(error.option)
+        if said is None:
+            raise
+        raise OptionError(said, f"{said}: {error}") from None
 
 
 __all__ = [

@@ -37,11 +37,6 @@ def check_non_negative(name: str, value: int) -> None:
         raise OptionError(name, f"{name} must be a non-negative integer, got {value!r}")
 
 
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise OptionError(name, f"{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
 def check_share(name: str, value: float) -> None:
     if not 0 <= value <= 1:
         raise OptionError(name, f"{name} must be a share in [0, 1], got {value!r}")

@@ -12,7 +12,6 @@ from draftwise.methods.base import (
     OptionError,
     Pool,
     Reduce,
-    check_choice,
     check_non_negative,
     check_positive,
 )
@@ -51,8 +50,6 @@ class SnapKV(KVMethod):
         check_positive("kernel", self.kernel)
         if self.kernel % 2 == 0:
             raise OptionError("kernel", f"kernel must be odd so the pool is centred, got {self.kernel}")
-        check_choice("pool", self.pool, ("max", "avg"))
-        check_choice("reduce", self.reduce, ("max", "mean"))
         if self.lookahead is not None:
             check_non_negative("lookahead", self.lookahead)
 

@@ -9,7 +9,6 @@ from draftwise.methods.base import (
     Footprint,
     Pool,
     PromptMethod,
-    check_choice,
     check_non_negative,
     check_positive,
 )
@@ -58,7 +57,6 @@ class SpecPC(PromptMethod):
         check_positive("kernel", self.kernel)
         check_positive("neighbourhood", self.neighbourhood)
         check_non_negative("first_layer", self.first_layer)
-        check_choice("pool", self.pool, ("max", "avg"))
 
     def footprint(self, prompt_length: int, max_new_tokens: int) -> Footprint:
         """The draft reads the prompt and its lookahead, the last token included."""
