@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_config
 from transformers import DynamicCache
 
-from draftwise.cache import keep_positions
+from draftwise.cache import keep_positions, kept_per_head
 
 
 def test_each_batch_row_and_head_keeps_its_own_positions():
@@ -31,3 +31,15 @@ def test_a_sliding_window_layer_is_not_pruned():
     assert cache.layers[1].keys.shape[2] == 2
     with pytest.raises(ValueError, match="^layer 0 is a sliding-window layer and is not pruned$"):
         keep_positions(cache, 0, torch.tensor([[[0, 1], [2, 3]]]))
+
+
+def test_kept_per_head_averages_the_full_attention_layers():
+    cache = DynamicCache(config=tiny_config("gemma3_text", layers=4))  # layers 1 and 3 are full
+    for layer, length in enumerate((16, 10, 16, 4)):
+        cache.update(torch.randn(1, 2, length, 4), torch.randn(1, 2, length, 4), layer)
+    assert kept_per_head(cache) == 7
+    valid = torch.tensor([[[True] * 4 + [False] * 6, [True] * 8 + [False] * 2]])  # layer 1: 4 and 8 valid
+    assert kept_per_head(cache, {1: valid}) == 5  # (6 + 4) / 2
+    only_sliding = DynamicCache(config=tiny_config("gemma3_text", layers=1))
+    only_sliding.update(torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4), 0)
+    assert kept_per_head(only_sliding) == 0, "no full-attention layer holds any prunable pair"
