@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_config
 from transformers import DynamicCache
 
-from draftwise.cache import keep_positions, kept_per_head
+from draftwise.cache import full_cache_bytes, keep_positions, kept_per_head
 
 
 def test_each_batch_row_and_head_keeps_its_own_positions():
@@ -43,3 +43,14 @@ def test_kept_per_head_averages_the_full_attention_layers():
     only_sliding = DynamicCache(config=tiny_config("gemma3_text", layers=1))
     only_sliding.update(torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4), 0)
     assert kept_per_head(only_sliding) == 0, "no full-attention layer holds any prunable pair"
+
+
+def test_full_cache_bytes_counts_the_layers_that_hold_something():
+    """K and V of ``length`` tokens per layer holding any (a sliding one at most its window - 1), in the
+    cache's dtype; a layer never written to counts nothing."""
+    cache = DynamicCache(config=tiny_config("gemma3_text", layers=3))  # sliding (window 16), full, sliding
+    cache.update(torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4), 0)
+    cache.update(torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4), 1)
+    assert cache.layers[2].keys is None or not cache.layers[2].keys.numel()
+    per_token = 2 * (4 + 4) * 4  # heads x (key + value size) x float32 bytes
+    assert full_cache_bytes(cache, 100) == (15 + 100) * per_token
