@@ -27,13 +27,16 @@ class OptionError(ValueError):
         self.option = option
 
 
+# The range checks below run after check_types (Method.__post_init__), which has refused other types.
+
+
 def check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    if value <= 0:
         raise OptionError(name, f"{name} must be a positive integer, got {value!r}")
 
 
 def check_non_negative(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if value < 0:
         raise OptionError(name, f"{name} must be a non-negative integer, got {value!r}")
 
 
