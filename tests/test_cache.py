@@ -48,9 +48,9 @@ def test_kept_per_head_averages_the_full_attention_layers():
 def test_full_cache_bytes_counts_the_layers_that_hold_something():
     """K and V of ``length`` tokens per layer holding any (a sliding one at most its window - 1), in the
     cache's dtype; a layer never written to counts nothing."""
-    cache = DynamicCache(config=tiny_config("gemma3_text", layers=3))  # sliding (window 16), full, sliding
-    cache.update(torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4), 0)
-    cache.update(torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4), 1)
+    cache = DynamicCache(config=tiny_config("gemma3_text", layers=4))  # sliding (window 16), full, ...
+    for layer in (0, 1, 3):  # not layer 2
+        cache.update(torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4), layer)
     assert cache.layers[2].keys is None or not cache.layers[2].keys.numel()
     per_token = 2 * (4 + 4) * 4  # heads x (key + value size) x float32 bytes
-    assert full_cache_bytes(cache, 100) == (15 + 100) * per_token
+    assert full_cache_bytes(cache, 100) == (15 + 100 + 100) * per_token

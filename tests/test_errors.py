@@ -176,6 +176,8 @@ def test_footprint_counts_the_lookahead():
     assert KNorm(budget=64).footprint(300, 4) == Footprint(4, None, 0, 0)
     assert SpecKVPC(lookahead=8).footprint(3000, 4) == Footprint(8, 9, 8, 40 * 2056, 72 * 3008)
     assert Perplexity(budget=64).footprint(300, 4) == Footprint(4, 0, 0)
+    # The prompt's last queries each scorer reads: none for a key-only scorer.
+    assert [m.observed(300) for m in (KNorm(budget=64), SnapKV(budget=64), H2O(budget=64))] == [0, 32, 300]
 
 
 def test_window_larger_than_prompt_in_low_level_calls(pair):
