@@ -36,6 +36,19 @@ def test_a_text_within_the_budget_comes_back_unchanged(draft):
     assert (out.text, out.tokens, out.tokens_kept) == ("w7 w8 w9", 3, 3)
 
 
+def test_the_text_is_read_without_added_special_tokens(draft):
+    """A tokenizer that adds BOS to what it encodes: the text's tokens are its words alone."""
+    from tokenizers import processors
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", 0)]
+    )
+    assert compress_text(draft, tokenizer, "w7 w8 w9", METHOD).tokens == 3
+    out = compress_text(draft, tokenizer, TEXT, METHOD)
+    assert (out.tokens, out.tokens_kept) == (120, 40) and "<bos>" not in out.text
+
+
 def test_the_default_method_is_specpcs_paper_defaults(draft):
     out = compress_text(draft, tiny_tokenizer(), TEXT)
     assert out.tokens_kept == out.tokens == 120, "the default budget (1024) keeps 120 tokens"
@@ -51,7 +64,7 @@ def no_work(model):
 @pytest.mark.parametrize(
     "text, method, error, match",
     [
-        ("  \n", METHOD, ValueError, "empty"),
+        ("  \n", METHOD, ValueError, "^the text to compress is empty$"),
         (" ".join(["w7"] * 1100), METHOD, ValueError, "exceeds the draft's context of 1024"),
         (TEXT, SpecPC(budget=40, window=8, kernel=4096, neighbourhood=4), OptionError, "kernel"),
         (" ".join(["w7"] * 1000), SpecPC(budget=40, window=8, lookahead=30), OptionError, "lookahead"),
