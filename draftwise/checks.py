@@ -116,10 +116,11 @@ def peak_bytes(
 def check_memory(needed: int, limit: int | None, prompt_length: int, need: Footprint) -> None:
     """Raise :class:`TooLarge` if ``needed`` bytes (:func:`peak_bytes`) exceed ``limit``."""
     if limit is not None and needed > limit:
+        more = f", {need.target} more" if need.target else ""
         lookahead = f" and a lookahead of {need.lookahead}" if need.lookahead else ""
         raise TooLarge(
             f"this request needs about {_size(needed)} of KV cache and attention weights (a prompt of "
-            f"{prompt_length} tokens, {need.target} more{lookahead}), over the limit of {_size(limit)} per "
+            f"{prompt_length} tokens{more}{lookahead}), over the limit of {_size(limit)} per "
             "request: send a shorter prompt or ask for fewer tokens"
         )
 

@@ -91,5 +91,5 @@ def test_the_memory_limit_counts_the_drafts_cache_and_scores(draft):
     # float32 weights (and their softmax) of 8 window + 1 lookahead queries over 121 keys.
     generous = kv_cache_bytes(draft, 120 + 2) + 2 * 4 * 4 * (8 + 1) * 121
     assert compress_text(draft, tiny_tokenizer(), TEXT, METHOD, max_bytes=generous).tokens_kept == 40
-    with pytest.raises(TooLarge):
+    with pytest.raises(TooLarge, match=r"\(a prompt of 120 tokens and a lookahead of 1\), over the limit"):
         compress_text(draft, tiny_tokenizer(), TEXT, METHOD, max_bytes=generous - 1)
