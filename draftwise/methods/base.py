@@ -45,10 +45,10 @@ def check_share(name: str, value: float) -> None:
         raise OptionError(name, f"{name} must be a share in [0, 1], got {value!r}")
 
 
-def _type_error(name: str, hint: object, value: object) -> str | None:
+def _type_error(hint: object, value: object) -> str | None:
     """Why ``value`` does not match the field type ``hint`` (``None`` if it does)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        reasons = [_type_error(name, arm, value) for arm in typing.get_args(hint)]
+        reasons = [_type_error(arm, value) for arm in typing.get_args(hint)]
         return None if None in reasons else " or ".join(r for r in reasons if r)
     if hint is type(None):
         return None if value is None else "None"
@@ -71,7 +71,7 @@ def check_types(method: object) -> None:
     hints = typing.get_type_hints(type(method))
     for field in fields(method):  # type: ignore[arg-type]
         value = getattr(method, field.name)
-        reason = _type_error(field.name, hints[field.name], value)
+        reason = _type_error(hints[field.name], value)
         if reason:
             raise OptionError(field.name, f"{field.name} must be {reason}, got {value!r}")
 
