@@ -106,6 +106,14 @@ def test_every_option_out_of_range_is_named(name):
                 assert getattr(cls(**{option: choice}), option) == choice
 
 
+def test_a_budget_below_the_window_says_why():
+    with pytest.raises(OptionError) as caught:
+        SpecKV(budget=16, window=32)
+    assert str(caught.value) == (
+        "budget (16) must be at least the window (32): the window of the last tokens is always kept"
+    )
+
+
 @pytest.mark.parametrize("seed", [-(2**63), 2**64 - 1])
 def test_random_drop_takes_every_seed_torch_takes(seed):
     kept = RandomDrop(budget=8, window=2, seed=seed).compress(None, torch.arange(20)[None]).positions
