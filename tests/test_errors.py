@@ -53,7 +53,7 @@ def test_empty_prompt(pair, tokenizer, prompt):
         (lambda: SpecPC(budget=32), "at least the window"),
         (lambda: SpecPC(lookahead=0), "lookahead must be a positive integer"),
         (lambda: SnapKV(budget=64, kernel=4), "odd"),
-        (lambda: SnapKV(budget=64, pool="min"), "pool"),
+        (lambda: SnapKV(budget=64, pool="min"), "^pool must be one of max, avg, got 'min'$"),
         (lambda: SpecKV(budget=64, reduce="sum"), "reduce"),
         (lambda: SpecKV(budget=64, lookahead=0), "lookahead"),
         (lambda: SpecKVPC(kv_budget=8), "at least the window"),
@@ -184,6 +184,9 @@ def test_footprint_counts_the_lookahead():
     assert KNorm(budget=64).footprint(300, 4) == Footprint(4, None, 0, 0)
     assert SpecKVPC(lookahead=8).footprint(3000, 4) == Footprint(8, 9, 8, 40 * 2056, 72 * 3008)
     assert Perplexity(budget=64).footprint(300, 4) == Footprint(4, 0, 0)
+    assert Perplexity(budget=400).footprint(300, 4) == Footprint(4, None), "no compression, no draft"
+    assert HeadTail(budget=64).footprint(300, 4) == Footprint(4, None), "compresses with no draft"
+    assert Full().footprint(300, 4) == Footprint(4, None) and not Full().compresses(10**6)
     # The prompt's last queries each scorer reads: none for a key-only scorer.
     assert [m.observed(300) for m in (KNorm(budget=64), SnapKV(budget=64), H2O(budget=64))] == [0, 32, 300]
 
