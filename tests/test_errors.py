@@ -147,6 +147,13 @@ def test_widths_beyond_the_context_are_refused_before_any_work(pair, tokenizer, 
     assert caught.value.option == option
 
 
+def test_widths_are_not_bounded_when_the_model_gives_no_context():
+    """A model config without a context length (``context_length`` is None) bounds no width."""
+    SpecPC(kernel=10**6, neighbourhood=10**6).check_widths(None)
+    with pytest.raises(OptionError, match="kernel"):
+        SpecPC(kernel=10**6, neighbourhood=10**6).check_widths(4096)
+
+
 def test_a_pool_and_neighbourhood_wider_than_the_prompt_span_it(pair, tokenizer):
     """SpecPC's defaults (kernel and neighbourhood 64) work on a 50-token prompt; from twice the
     prompt's length on, a wider pool or neighbourhood chooses alike (each spans the whole prompt)."""
