@@ -31,6 +31,19 @@ def test_the_kept_text_is_the_methods_choice_in_order(draft):
     assert out.text.split()[-8:] == words[-8:], "the window (the question) is kept"
 
 
+def test_the_drafts_lookahead_ends_at_the_tokenizers_end_of_sequence(draft):
+    """The tokenizer's end-of-sequence token is the draft's first guess: the lookahead ends there, and
+    the kept text is the choice made with that shorter lookahead."""
+    method = SpecPC(budget=40, window=8, kernel=5, neighbourhood=4, first_layer=1, lookahead=4)
+    tokenizer = tiny_tokenizer()
+    ids = torch.tensor([tokenizer(TEXT, add_special_tokens=False).input_ids])
+    first = method.compress(draft, ids).lookahead_ids[0, 0].item()
+    stopped = method.compress(draft, ids, {first}).positions
+    assert not torch.equal(stopped, method.compress(draft, ids).positions), "the stop changes the choice"
+    tokenizer.eos_token = f"w{first}"
+    assert compress_text(draft, tokenizer, TEXT, method).text == tokenizer.decode(ids[0, stopped].tolist())
+
+
 def test_a_text_within_the_budget_comes_back_unchanged(draft):
     out = compress_text(draft, tiny_tokenizer(), "w7 w8 w9", METHOD)
     assert (out.text, out.tokens, out.tokens_kept) == ("w7 w8 w9", 3, 3)
