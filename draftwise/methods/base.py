@@ -45,6 +45,19 @@ def check_share(name: str, value: float) -> None:
         raise OptionError(name, f"{name} must be a share in [0, 1], got {value!r}")
 
 
+def check_budget_and_window(method: object, budget: str, window: str) -> None:
+    """The fields named ``budget`` and ``window`` are positive and the budget holds the window."""
+    check_positive(budget, getattr(method, budget))
+    check_positive(window, getattr(method, window))
+    if getattr(method, budget) < getattr(method, window):
+        which = "the window" if window == "window" else f"the window, {window}"
+        raise OptionError(
+            budget,
+            f"{budget} ({getattr(method, budget)}) must be at least {which} ({getattr(method, window)}): "
+            "the window of the last tokens is always kept",
+        )
+
+
 def _type_error(hint: object, value: object) -> str | None:
     """Why ``value`` does not match the field type ``hint`` (``None`` if it does)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -144,14 +157,7 @@ class Budgeted(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive("budget", self.budget)
-        check_positive("window", self.window)
-        if self.budget < self.window:
-            raise OptionError(
-                "budget",
-                f"budget ({self.budget}) must be at least the window ({self.window}): "
-                "the window of the last tokens is always kept",
-            )
+        check_budget_and_window(self, "budget", "window")
 
     def compresses(self, prompt_length: int) -> bool:
         return self.budget < prompt_length

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from draftwise.methods.base import Footprint, Method, OptionError, check_positive
+from draftwise.methods.base import Footprint, Method, check_budget_and_window, check_positive
 from draftwise.methods.speckv import SpecKV
 from draftwise.methods.specpc import SpecPC
 
@@ -31,16 +31,9 @@ class SpecKVPC(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for option in ("kv_budget", "prompt_budget", "kv_window", "prompt_window", "lookahead"):
-            check_positive(option, getattr(self, option))
-        for stage in ("kv", "prompt"):
-            budget, window = getattr(self, f"{stage}_budget"), getattr(self, f"{stage}_window")
-            if budget < window:
-                raise OptionError(
-                    f"{stage}_budget",
-                    f"{stage}_budget ({budget}) must be at least the window, {stage}_window ({window}): "
-                    "the window of the last tokens is always kept",
-                )
+        check_positive("lookahead", self.lookahead)
+        check_budget_and_window(self, "kv_budget", "kv_window")
+        check_budget_and_window(self, "prompt_budget", "prompt_window")
         # The stages check the rest (e.g. the widths against the model's context) when they run.
         self.prompt_stage()
         self.kv_stage()
