@@ -47,13 +47,14 @@ def check_share(name: str, value: float) -> None:
 
 def check_budget_and_window(method: object, budget: str, window: str) -> None:
     """The fields named ``budget`` and ``window`` are positive and the budget holds the window."""
-    check_positive(budget, getattr(method, budget))
-    check_positive(window, getattr(method, window))
-    if getattr(method, budget) < getattr(method, window):
+    kept, last = getattr(method, budget), getattr(method, window)
+    check_positive(budget, kept)
+    check_positive(window, last)
+    if kept < last:
         which = "the window" if window == "window" else f"the window, {window}"
         raise OptionError(
             budget,
-            f"{budget} ({getattr(method, budget)}) must be at least {which} ({getattr(method, window)}): "
+            f"{budget} ({kept}) must be at least {which} ({last}): "
             "the window of the last tokens is always kept",
         )
 
