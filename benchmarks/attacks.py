@@ -32,8 +32,8 @@ except ImportError:  # pragma: no cover
     import httpx  # type: ignore[no-redef]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import tiny_model as _tiny_model  # noqa: E402  (the tests' tiny models and servers)
-from conftest import tiny_tokenizer  # noqa: E402
+from helpers import tiny_model as _tiny_model  # noqa: E402  (the tests' tiny models and servers)
+from helpers import tiny_tokenizer  # noqa: E402
 from serving import Recorder, running  # noqa: E402
 
 from draftwise.serve import create_app  # noqa: E402

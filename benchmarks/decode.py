@@ -15,10 +15,11 @@ import argparse
 import sys
 
 from draftwise.bench.needle import needle_case
-from draftwise.cli import build_method, dtype_argument
 from draftwise.decoding import decode
 from draftwise.generate import encode
-from draftwise.models import DEFAULT_TARGET, load_model
+from draftwise.methods import build_method
+from draftwise.models import load_model
+from draftwise.options import ModelOptions, add_arguments
 from draftwise.reuse import Reuse
 from draftwise.timing import machine as describe_machine
 from draftwise.timing import now
@@ -28,13 +29,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--target", default=DEFAULT_TARGET)
+    add_arguments(parser, ModelOptions, only=("target", "device", "dtype"))
     parser.add_argument("--methods", default="full,snapkv,pyramidkv,adakv")
     parser.add_argument("--budgets", default="256,1024")
     parser.add_argument("--tokens", type=int, default=4096, help="haystack length in tokens")
     parser.add_argument("--steps", type=int, default=32, help="tokens decoded per method")
-    parser.add_argument("--device", default="cpu")
-    dtype_argument(parser)
     parser.add_argument("--out", help="write a Markdown report here")
     args = parser.parse_args()
 

@@ -22,9 +22,8 @@ import torch
 
 from draftwise import SpecKV, load_model
 from draftwise.bench.needle import needle_case
-from draftwise.cli import dtype_argument
 from draftwise.generate import encode
-from draftwise.models import DEFAULT_TARGET
+from draftwise.options import ModelOptions, add_arguments
 from draftwise.prefill import prefill
 from draftwise.timing import machine as describe_machine
 
@@ -37,13 +36,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--target", default=DEFAULT_TARGET)
+    add_arguments(parser, ModelOptions, only=("target", "device", "dtype"))
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024], help="vertical = slash sizes to try")
     parser.add_argument("--budget", type=int, default=256)
     parser.add_argument("--lookahead", type=int, default=24, help="lookahead tokens appended (random ids)")
-    parser.add_argument("--device", default="cpu")
-    dtype_argument(parser)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per row (median)")
     parser.add_argument("--out", help="write a Markdown report here")
     args = parser.parse_args()

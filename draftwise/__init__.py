@@ -14,7 +14,7 @@ from draftwise.draft import self_draft
 from draftwise.generate import GenerationResult, GenerationStats, generate
 from draftwise.methods import *  # noqa: F403  (every method is public API)
 from draftwise.models import load_default_pair, load_model
-from draftwise.prompt import CompressedText, compress_text
+from draftwise.text_compression import CompressedText, compress_text
 
 __version__ = "0.1.0"
 

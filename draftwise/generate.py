@@ -12,7 +12,7 @@ from draftwise.cache import cache_bytes, full_cache_bytes, kept_per_head
 from draftwise.checks import check_architecture, check_draft_room, check_method, check_same_vocabulary
 from draftwise.decoding import Sampler, decode, stop_token_ids
 from draftwise.mapping import same_tokenizer, tokenize
-from draftwise.methods import Full, KVMethod, Method, PromptMethod, SpecKV, SpecKVPC
+from draftwise.methods import Full, Method
 from draftwise.prefill import prefill
 from draftwise.readers import OwnTokens, SharedTokens
 from draftwise.reuse import Reuse
@@ -156,20 +156,19 @@ def generate(
     start = now()
 
     kept_ids, lookahead_ids, draft_seconds = input_ids, None, 0.0
-    prompt_stage = method.prompt_stage() if isinstance(method, SpecKVPC) else method
-    kv_stage = method.kv_stage() if isinstance(method, SpecKVPC) else method
-    if isinstance(prompt_stage, PromptMethod) and prompt_stage.compresses(n):
+    prompt_stage, kv_stage = method.prompt_stage(), method.kv_stage()
+    if prompt_stage is not None and prompt_stage.compresses(n):
         compressed, draft_seconds = reader.compress(prompt_stage)
         kept_ids, lookahead_ids = input_ids[:, compressed.positions], compressed.lookahead_ids
     shared = reuse if reuse is not None and kept_ids is input_ids else None
-    if isinstance(kv_stage, KVMethod) and kv_stage.compresses(kept_ids.shape[1]):
+    if kv_stage is not None and kv_stage.compresses(kept_ids.shape[1]):
         steps = kv_stage.lookahead_length(max_new_tokens)
         if steps and lookahead_ids is None:
             lookahead_ids, seconds = reader.lookahead(steps)
             draft_seconds += seconds
         lookahead_ids = lookahead_ids if steps else None
         taken = 0 if lookahead_ids is None else lookahead_ids.shape[1]
-        sparse = isinstance(kv_stage, SpecKV) and kv_stage.sparse_for(kept_ids.shape[1] + taken)
+        sparse = kv_stage.sparse_for(kept_ids.shape[1] + taken)
         if shared is not None and not sparse:
             filled, prefill_seconds = shared.prefill(target, kept_ids, kv_stage, lookahead_ids)
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from copy import deepcopy
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,8 +19,10 @@ from draftwise.cache import (
     truncate,
 )
 from draftwise.methods.base import KVMethod
-from draftwise.methods.speckv import SpecKV
 from draftwise.sparse import SparsePrefill
+
+if TYPE_CHECKING:
+    from draftwise.methods.speckv import SpecKV
 
 
 @dataclass
@@ -102,7 +105,7 @@ def prefill(
     if method is not None and method.window > n:
         raise ValueError(f"window ({method.window}) is larger than the prompt ({n} tokens)")
     steps = lookahead_ids.shape[1] if lookahead_ids is not None else 0
-    if isinstance(method, SpecKV) and method.sparse_for(n + steps):
+    if method is not None and method.sparse_for(n + steps):
         return prefill_sparse(target, input_ids.to(target.device), method, lookahead_ids)
     observed = observe(target, input_ids, method.observed(n) if method is not None else 0)
     return compress(target, observed, method, lookahead_ids, copy=False)

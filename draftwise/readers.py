@@ -13,9 +13,8 @@ from torch import nn
 
 from draftwise.decoding import stop_token_ids
 from draftwise.draft import lookahead
-from draftwise.mapping import Rendered, transfer_scores, translate
-from draftwise.methods.base import PromptMethod
-from draftwise.prompt import CompressedPrompt
+from draftwise.mapping import Rendered, render, transfer_scores, translate
+from draftwise.methods.base import CompressedPrompt, PromptMethod
 from draftwise.reuse import Reuse
 from draftwise.timing import now
 
@@ -49,8 +48,6 @@ class OwnTokens:
     """A draft with its own tokenizer, reading the prompt its own way (see :mod:`draftwise.mapping`)."""
 
     def __init__(self, draft: nn.Module, draft_tokenizer, tokenizer, prompt) -> None:
-        from draftwise.mapping import render
-
         self.draft, self.draft_tokenizer, self.tokenizer = draft, draft_tokenizer, tokenizer
         self.target_view: Rendered = render(tokenizer, prompt)
         self.draft_view: Rendered = render(draft_tokenizer, prompt)

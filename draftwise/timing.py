@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import platform
 import time
 
 import torch
+
+from draftwise.models import cpu_has_native_bf16
 
 
 def now() -> float:
@@ -18,9 +21,5 @@ def machine(device: str | torch.device = "cpu") -> str:
     """What timings were taken on, for reports: the GPU's name, or the CPU with its thread count."""
     if torch.device(device).type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    import platform
-
-    from draftwise.models import cpu_has_native_bf16
-
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
     return f"{platform.machine()}, {torch.get_num_threads()} threads, {bf16}, torch {torch.__version__}"

@@ -6,11 +6,15 @@
 #   bash scripts/mutation.sh                       # all core modules
 #   MUTATE="draftwise/scoring.py" bash scripts/mutation.sh   # some of them (space-separated globs)
 #   MUTATION_DIR=/tmp/mut bash scripts/mutation.sh # keep (and resume in) this copy; default: a new temp dir
+#   MUTANTS="draftwise.prefill.* draftwise.scoring.x_smooth*" bash scripts/mutation.sh  # only these
+#                                                  # mutants (names or globs; named ones always re-run)
 #
 # It runs in a copy of the repository, so the work tree is never touched. In the copy:
 #  - ``@torch.no_grad()`` decorator lines are removed and the tests run with gradients off globally
 #    (the same computation): mutmut skips decorated functions, and these are core ones (prefill,
 #    compress, specpc_scores, decode, ...).
+#  - each mutant's tests run fastest first (by the durations mutmut recorded), so that a killed mutant
+#    costs its quickest failing test rather than whatever order the test set happens to have.
 #  - ``[tool.mutmut]`` is appended to pyproject.toml: what to mutate, and the fast test files.
 # Results: "$MUTATION_DIR/mutation-results.txt" (every mutant's status) and mutmut's own
 # mutants/mutmut-cicd-stats.json; `cd "$MUTATION_DIR" && mutmut show NAME` shows one mutant's diff.
@@ -39,6 +43,17 @@ torch.set_grad_enabled(False)
 def _no_grad():
     with torch.no_grad():
         yield
+
+
+def pytest_collection_modifyitems(items):
+    """Fastest tests first (mutmut stops at the first failure), by the durations mutmut recorded."""
+    import json
+    from pathlib import Path
+
+    stats = Path("mutmut-stats.json")
+    if stats.exists():
+        durations = json.loads(stats.read_text()).get("duration_by_test", {})
+        items.sort(key=lambda item: durations.get(item.nodeid, float("inf")))
 EOF
 fi
 
@@ -68,7 +83,8 @@ EOF
 fi
 
 export OMP_NUM_THREADS=1 DRAFTWISE_SKIP_REAL_MODELS=1 PYTHONHASHSEED=0
-"$repo/.venv/bin/mutmut" run --max-children "${MUTATION_JOBS:-2}" || true
+# shellcheck disable=SC2086  # MUTANTS is a list of names or globs
+"$repo/.venv/bin/mutmut" run --max-children "${MUTATION_JOBS:-2}" ${MUTANTS:-} || true
 "$repo/.venv/bin/mutmut" export-cicd-stats || true
 "$repo/.venv/bin/mutmut" results --all true > mutation-results.txt || true
 cat mutants/mutmut-cicd-stats.json 2>/dev/null || true

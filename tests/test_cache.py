@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 from transformers import DynamicCache
 
 from draftwise.cache import full_cache_bytes, keep_positions, kept_per_head

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 
 from draftwise.cli import main
 from draftwise.methods import SpecKV, SpecKVPC, build_method

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model, tiny_tokenizer
+from helpers import tiny_model, tiny_tokenizer
 
 from draftwise import SpecPC, compress_text
 from draftwise.checks import TooLarge, kv_cache_bytes

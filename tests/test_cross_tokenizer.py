@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import forced, tiny_config
+from helpers import forced, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from draftwise import Full, Perplexity, SpecKV, SpecKVPC, SpecPC, generate

@@ -9,7 +9,7 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, forced, keeping_everything, random_ids, tiny_config
+from helpers import ARCHITECTURES, forced, keeping_everything, random_ids, tiny_config
 
 from draftwise import AdaKV, Full, SpecKV, generate
 from draftwise.cache import prunable_layers

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import tiny_model, tiny_tokenizer
+from helpers import tiny_model, tiny_tokenizer
 
 from draftwise.decoding import stop_token_ids
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import real_models_enabled
+from helpers import real_models_enabled
 
 from draftwise import Full, HeadTail, RandomDrop, SnapKV, SpecKV, SpecPC, generate, load_model
 from draftwise.bench.ruler import generate_task, prompt_ids, prompt_messages

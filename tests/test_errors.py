@@ -8,7 +8,7 @@ from dataclasses import fields
 
 import pytest
 import torch
-from conftest import random_ids, tiny_model
+from helpers import random_ids, tiny_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from draftwise import (

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, every_method, forced, random_ids, tiny_model
+from helpers import ARCHITECTURES, every_method, forced, random_ids, tiny_model
 
 from draftwise import Full, Perplexity, SpecKV, SpecKVPC, SpecPC, generate
 from draftwise.decoding import decode

@@ -3,14 +3,14 @@ pruning or prompt choice, lookahead, sparse pre-fill) is forced with a budget th
 and the answer must be Full's, token for token, on every architecture and attention implementation.
 
 ``generate`` skips a method whose budget covers the prompt (``compresses()`` is False): that is Full's
-own path, tested in ``test_exactness.py``. Here :func:`conftest.forced` makes ``compresses()`` True.
+own path, tested in ``test_exactness.py``. Here :func:`helpers.forced` makes ``compresses()`` True.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, forced, keeping_everything, random_ids, tiny_model
+from helpers import ARCHITECTURES, forced, keeping_everything, random_ids, tiny_model
 
 from draftwise import Full, KVMethod, PromptMethod, SpecKVPC, generate
 from draftwise.cache import prunable_layers

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from conftest import tiny_model, tiny_tokenizer
+from helpers import tiny_model, tiny_tokenizer
 from serving import running
 
 schemathesis = pytest.importorskip("schemathesis")

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import tiny_model, tiny_tokenizer
+from helpers import tiny_model, tiny_tokenizer
 from serving import SECRET, Recorder, running
 
 pytest.importorskip("fastapi")

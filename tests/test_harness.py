@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from draftwise.bench.harness import build_entries, read_records, run_ruler, summarize, summary_markdown

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_tokenizer
+from helpers import tiny_tokenizer
 
 from draftwise.mapping import render, same_tokenizer, tokenize, transfer_scores, translate
 

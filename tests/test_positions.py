@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import random_ids, tiny_model
+from helpers import random_ids, tiny_model
 
 from draftwise import SpecKV, generate
 from draftwise.cache import keep_positions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import forced, real_models_enabled
+from helpers import forced, real_models_enabled
 
 from draftwise import Full, SpecKV, SpecKVPC, SpecPC, generate, load_model
 from draftwise.bench.needle import needle_case

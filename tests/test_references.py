@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ARCHITECTURES, random_ids, tiny_model
+from helpers import ARCHITECTURES, random_ids, tiny_model
 from references import (
     adakv_choice,
     attention_probabilities,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import random_ids, tiny_model
+from helpers import random_ids, tiny_model
 
 from draftwise import H2O, TOVA, AdaKV, Full, KNorm, PyramidKV, SnapKV, SpecKV, SpecPC, generate
 from draftwise.reuse import Reuse

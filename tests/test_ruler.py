@@ -6,7 +6,7 @@ import re
 from collections import Counter
 
 import pytest
-from conftest import real_models_enabled
+from helpers import real_models_enabled
 
 from draftwise.bench import ruler
 

@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import random_ids, tiny_model
+from helpers import random_ids, tiny_model
 
 from draftwise import Full, generate
 from draftwise.reuse import Reuse

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, random_ids, tiny_model
+from helpers import ARCHITECTURES, random_ids, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from draftwise import SpecKV, SpecPC, generate
 from draftwise.cache import prunable_layers
 from draftwise.prefill import prefill
-from draftwise.prompt import select_tokens
 from draftwise.scoring import smooth, top_indices
+from draftwise.token_selection import select_tokens
 
 
 @st.composite

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, random_ids, tiny_model
+from helpers import ARCHITECTURES, random_ids, tiny_model
 
 from draftwise import SpecKV, SpecPC, generate, self_draft
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import tiny_model, tiny_tokenizer
+from helpers import tiny_model, tiny_tokenizer
 from serving import running
 
 pytest.importorskip("fastapi")
@@ -27,8 +27,8 @@ except ImportError:  # pragma: no cover
     httpx = pytest.importorskip("httpx")
 
 from draftwise.methods import SpecPC  # noqa: E402
-from draftwise.prompt import compress_text  # noqa: E402
 from draftwise.serve import add_serve_arguments, create_app  # noqa: E402
+from draftwise.text_compression import compress_text  # noqa: E402
 
 MODEL = "tiny"
 KEY = "upstream-key"

@@ -13,7 +13,7 @@ import resource
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,19 +23,7 @@ from tqdm.auto import tqdm
 from draftwise.bench import ruler
 from draftwise.generate import generate
 from draftwise.mapping import render, same_tokenizer
-from draftwise.methods import (
-    H2O,
-    METHODS,
-    TOVA,
-    AdaKV,
-    Full,
-    KVMethod,
-    Method,
-    PromptMethod,
-    PyramidKV,
-    SnapKV,
-    SpecKVPC,
-)
+from draftwise.methods import H2O, METHODS, TOVA, AdaKV, Method, PyramidKV, SnapKV, build_method
 from draftwise.reuse import Reuse
 
 # Names for combinations: the draft lookahead over another scorer, CAOTE over another scorer.
@@ -72,15 +60,19 @@ def build_entries(names: Iterable[str], budgets: Iterable[int], prompt_budgets: 
         else:
             known = ", ".join([*METHODS, *ALIASES])
             raise ValueError(f"unknown method {name!r}; choose from {known}")
-        if cls is Full:
-            entries.append(Entry("full", Full()))
-        elif cls is SpecKVPC:
+        probe = cls(**options)
+        kv_stage, prompt_stage = probe.kv_stage(), probe.prompt_stage()
+        if kv_stage is None and prompt_stage is None:  # Full: nothing to budget
+            entries.append(Entry(name, probe))
+        elif kv_stage is not None and prompt_stage is not None:  # a cascade, over the largest prompt budget
             top = max(prompt_budgets)
-            entries += [Entry(f"{name}@{b}", SpecKVPC(kv_budget=b, prompt_budget=top)) for b in budgets]
-        elif issubclass(cls, PromptMethod):
-            entries += [Entry(f"{name}@{b}", cls(budget=b, **options)) for b in prompt_budgets]
+            entries += [
+                Entry(f"{name}@{b}", build_method(cls.name, **options, budget=b, prompt_budget=top))
+                for b in budgets
+            ]
         else:
-            entries += [Entry(f"{name}@{b}", cls(budget=b, **options)) for b in budgets]
+            sizes = budgets if kv_stage is not None else prompt_budgets
+            entries += [Entry(f"{name}@{b}", replace(probe, budget=b)) for b in sizes]
     return entries
 
 
@@ -107,7 +99,17 @@ def peak_rss_mib() -> float:
 
 
 def _observed_queries(entries: list[Entry], n: int) -> int:
-    return max([e.method.observed(n) for e in entries if isinstance(e.method, KVMethod)] + [0])
+    """The most trailing queries a method that prunes the whole prompt's cache reads: one observed
+    pre-fill (:class:`~draftwise.reuse.Reuse`) serves them all."""
+    pruning = [e.method.kv_stage() for e in entries if e.method.prompt_stage() is None]
+    return max([stage.observed(n) for stage in pruning if stage is not None] + [0])
+
+
+def _budget(method: Method) -> int | None:
+    """What a record calls the budget: the KV pairs kept if the method prunes the cache (SpecKV-PC
+    included), else the prompt tokens kept; ``None`` for Full."""
+    stage = method.kv_stage() or method.prompt_stage()
+    return None if stage is None else stage.budget
 
 
 def run_ruler(
@@ -175,9 +177,7 @@ def run_ruler(
                             "index": case.index,
                             "label": entry.label,
                             "method": entry.method.name,
-                            "budget": getattr(
-                                entry.method, "budget", getattr(entry.method, "kv_budget", None)
-                            ),
+                            "budget": _budget(entry.method),
                             "score": ruler.score(task, result.text, case.answers),
                             "prediction": result.text,
                             "answers": case.answers,

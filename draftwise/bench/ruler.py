@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from draftwise.bench.needle import HAYSTACK_PACKAGE, haystack
+from draftwise.models import cache_dir as draftwise_cache
 
 GENERATOR_VERSION = 1  # part of the cache key: bump when generated samples change
 WONDERWORDS = "wonderwords==3.0.1"
@@ -651,8 +652,6 @@ def load_or_generate(
     (default ``draftwise.models.cache_dir() / "ruler"``), keyed by task, length, samples, seed,
     generated tokens, tokenizer identity and generator version; generated when missing or unreadable."""
     if cache_dir is None:
-        from draftwise.models import cache_dir as draftwise_cache
-
         cache_dir = draftwise_cache() / "ruler"
     new = TASKS[task].max_new_tokens if max_new_tokens is None else max_new_tokens
     name = f"{task}_L{length}_n{samples}_s{seed}_g{new}_v{GENERATOR_VERSION}_{tokenizer_id(tokenizer)}.jsonl"

@@ -14,6 +14,7 @@ from torch import nn
 
 from draftwise.attention import module_attention_rows
 from draftwise.scoring import caote_correction, top_indices
+from draftwise.token_selection import select_tokens
 
 Pool = Literal["max", "avg"]
 Reduce = Literal["max", "mean"]
@@ -138,6 +139,14 @@ class Method:
             return Footprint(max_new_tokens, 0)
         return Footprint(max_new_tokens, None)
 
+    def prompt_stage(self) -> PromptMethod | None:
+        """The stage that drops prompt tokens before the target reads them (``None``: it reads all)."""
+        return None
+
+    def kv_stage(self) -> KVMethod | None:
+        """The stage that drops KV pairs from the target's cache after its pre-fill (``None``: none)."""
+        return None
+
     @property
     def swaps_attention(self) -> bool:
         """Whether a generation switches the model's attention implementation for a while (see
@@ -171,11 +180,24 @@ class KVMethod(Budgeted):
 
     Subclasses implement :meth:`score`. If ``uses_attention``, it receives the attention rows of the
     observation queries (the window's, plus a draft lookahead's for SpecKV); otherwise only the keys.
-    Attention scorers may declare a ``caote: bool`` field: CAOTE's correction then replaces each
-    attention weight before scoring (:meth:`observation_rows`).
+    Attention scorers with a ``caote`` option say so in :attr:`uses_caote`: CAOTE's correction then
+    replaces each attention weight before scoring (:meth:`observation_rows`).
     """
 
     uses_attention: ClassVar[bool] = False
+
+    def kv_stage(self) -> KVMethod:
+        return self
+
+    @property
+    def uses_caote(self) -> bool:
+        """Whether CAOTE's correction replaces each attention weight before scoring."""
+        return False
+
+    def sparse_for(self, length: int) -> bool:
+        """Whether the target pre-fills ``length`` tokens (prompt and lookahead) sparsely (SpecKV's
+        vertical-slash pre-fill; no other method)."""
+        return False
 
     def lookahead_length(self, max_new_tokens: int) -> int:
         """How many draft tokens feed the scorer as extra queries (none unless overridden)."""
@@ -239,9 +261,18 @@ class KVMethod(Budgeted):
         query_positions: torch.Tensor,
     ) -> torch.Tensor:
         """Attention rows ``[B, G, H/G, q, k]`` of ``queries`` over all cached keys, CAOTE-corrected
-        when the method has ``caote=True``."""
+        when the method :attr:`uses_caote`."""
         rows = module_attention_rows(module, queries, keys, query_positions)
-        return caote_correction(rows, values) if getattr(self, "caote", False) else rows
+        return caote_correction(rows, values) if self.uses_caote else rows
+
+
+@dataclass
+class CompressedPrompt:
+    """The positions a prompt method kept, and SpecPC's lookahead (reusable as SpecKV's lookahead)."""
+
+    positions: torch.Tensor  # [C] ascending positions into the original prompt
+    lookahead_ids: torch.Tensor | None  # [1, m], the draft's lookahead (SpecPC only)
+    scores: torch.Tensor  # [n] importance of each prompt token
 
 
 @dataclass(frozen=True)
@@ -249,12 +280,13 @@ class PromptMethod(Budgeted):
     """A method that drops prompt tokens: the target reads the ``budget`` tokens it keeps, the last
     ``window`` included, in their original order."""
 
+    def prompt_stage(self) -> PromptMethod:
+        return self
+
     def compress(self, draft: nn.Module | None, input_ids: torch.Tensor, stop_ids: Iterable[int] = ()):
-        """The kept positions of ``input_ids`` ``[1, n]``, as a :class:`draftwise.prompt.CompressedPrompt`:
+        """The kept positions of ``input_ids`` ``[1, n]``, as a :class:`CompressedPrompt`:
         by default the :meth:`choose` of the draft's :meth:`token_scores` (methods that need no draft
         override this)."""
-        from draftwise.prompt import CompressedPrompt
-
         scores, lookahead_ids = self.token_scores(draft, input_ids, stop_ids)
         return CompressedPrompt(self.choose(scores), lookahead_ids, scores)
 
@@ -269,6 +301,4 @@ class PromptMethod(Budgeted):
 
     def choose(self, scores: torch.Tensor) -> torch.Tensor:
         """The kept positions (ascending) given per-token ``scores`` ``[n]``."""
-        from draftwise.prompt import select_tokens
-
         return select_tokens(scores, self.budget, self.window)

@@ -25,6 +25,10 @@ class H2O(KVMethod):
     block: int = 256
     caote: bool = False
 
+    @property
+    def uses_caote(self) -> bool:
+        return self.caote
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive("block", self.block)

@@ -7,7 +7,8 @@ from typing import ClassVar
 
 import torch
 
-from draftwise.methods.base import PromptMethod, check_share
+from draftwise.methods.base import CompressedPrompt, PromptMethod, check_share
+from draftwise.token_selection import select_tokens
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,6 @@ class HeadTail(PromptMethod):
         check_share("head", self.head)
 
     def compress(self, draft, input_ids, stop_ids=()):
-        from draftwise.prompt import CompressedPrompt, select_tokens
-
         n = input_ids.shape[1]
         first = int((self.budget - self.window) * self.head)
         position = torch.arange(n, dtype=torch.float32)

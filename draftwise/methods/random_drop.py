@@ -7,7 +7,8 @@ from typing import ClassVar
 
 import torch
 
-from draftwise.methods.base import OptionError, PromptMethod
+from draftwise.methods.base import CompressedPrompt, OptionError, PromptMethod
+from draftwise.token_selection import select_tokens
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,6 @@ class RandomDrop(PromptMethod):
             raise OptionError("seed", f"seed must be in [-2**63, 2**64), got {self.seed}")
 
     def compress(self, draft, input_ids, stop_ids=()):
-        from draftwise.prompt import CompressedPrompt, select_tokens
-
         generator = torch.Generator().manual_seed(self.seed)
         scores = torch.rand(input_ids.shape[1], generator=generator)
         return CompressedPrompt(select_tokens(scores, self.budget, self.window), None, scores)

@@ -45,6 +45,10 @@ class SnapKV(KVMethod):
     lookahead: int | None = 0
     caote: bool = False
 
+    @property
+    def uses_caote(self) -> bool:
+        return self.caote
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive("kernel", self.kernel)

@@ -39,9 +39,11 @@ class SpecKVPC(Method):
         self.kv_stage()
 
     def prompt_stage(self) -> SpecPC:
+        """SpecPC to ``prompt_budget`` tokens, writing the shared lookahead."""
         return SpecPC(budget=self.prompt_budget, window=self.prompt_window, lookahead=self.lookahead)
 
     def kv_stage(self) -> SpecKV:
+        """SpecKV to ``kv_budget`` pairs on the compressed prompt, reading the shared lookahead."""
         return SpecKV(budget=self.kv_budget, window=self.kv_window, lookahead=self.lookahead)
 
     def compresses(self, prompt_length: int) -> bool:

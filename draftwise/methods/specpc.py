@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from draftwise.attention import QueryRecorder, attention_modules, module_attention_rows
+from draftwise.cache import prunable_layers
+from draftwise.decoding import decode
 from draftwise.methods.base import (
     Footprint,
     Pool,
@@ -12,6 +20,8 @@ from draftwise.methods.base import (
     check_non_negative,
     check_positive,
 )
+from draftwise.scoring import smooth
+from draftwise.token_selection import select_tokens
 
 
 @dataclass(frozen=True)
@@ -66,12 +76,42 @@ class SpecPC(PromptMethod):
         rows = (self.window + steps) * (prompt_length + steps)
         return Footprint(max_new_tokens, steps + 1, steps, draft_rows=rows)
 
-    def token_scores(self, draft, input_ids, stop_ids=()):
-        from draftwise.prompt import specpc_scores
+    @torch.no_grad()
+    def token_scores(
+        self, draft: nn.Module, input_ids: torch.Tensor, stop_ids: Iterable[int] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each prompt token's importance from the draft's attention: ``(scores [n], lookahead_ids
+        [1, m])``. The full-attention layers from ``first_layer`` on are read (all of them if there are
+        none that deep); sliding-window layers are not, as they no longer hold the whole prompt."""
+        input_ids = input_ids.to(draft.device)
+        n = input_ids.shape[1]
+        if self.window > n:
+            raise ValueError(f"window ({self.window}) is larger than the prompt ({n} tokens)")
+        modules = attention_modules(draft)
+        first = min(self.first_layer, len(modules) - 1)
+        cache = DynamicCache(config=draft.config)
+        with QueryRecorder(draft, last=self.window) as recorder:
+            out = draft(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            recorder.last = 1
+            lookahead_ids = decode(
+                draft, cache, out.logits[:, -1], n, self.lookahead, stop_ids=stop_ids, feed_last=True
+            )
+        steps = lookahead_ids.shape[1]
+        query_positions = torch.arange(n - self.window, n + steps)
+        window_weight = torch.linspace(0, 1, self.window) if self.weighted_query else torch.ones(self.window)
+        weights = torch.cat([window_weight, torch.ones(steps)]).to(draft.device)
+        scores = torch.zeros(n, device=draft.device)
+        full_layers = prunable_layers(cache)  # a sliding-window layer no longer holds the whole prompt
+        if not full_layers:
+            raise ValueError("the draft has no full-attention layer to read the prompt's importance from")
+        scored = [layer for layer in full_layers if layer >= first] or full_layers
+        for layer in scored:
+            module = modules[layer]
+            queries, keys = recorder.queries(layer), cache.layers[layer].keys
+            rows = module_attention_rows(module, queries, keys, query_positions)[..., :n]
+            weighted = rows * weights[:, None]  # [B, G, H/G, q, n]
+            scores = torch.maximum(scores, weighted.amax(dim=(0, 1, 2, 3)))
+        return smooth(scores, self.kernel, self.pool), lookahead_ids
 
-        return specpc_scores(draft, input_ids, self, stop_ids)
-
-    def choose(self, scores):
-        from draftwise.prompt import select_tokens
-
+    def choose(self, scores: torch.Tensor) -> torch.Tensor:
         return select_tokens(scores.cpu(), self.budget, self.window, self.neighbourhood)

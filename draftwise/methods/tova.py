@@ -21,6 +21,10 @@ class TOVA(KVMethod):
 
     caote: bool = False
 
+    @property
+    def uses_caote(self) -> bool:
+        return self.caote
+
     def observed(self, prompt_length: int) -> int:
         return 1
 

@@ -8,9 +8,8 @@ import logging
 import os
 import sys
 
-from draftwise.cli import dtype_argument, target_argument
-from draftwise.methods import METHODS
-from draftwise.models import DEFAULT_DRAFT
+from draftwise.models import load_model
+from draftwise.options import MethodOptions, ModelOptions, add_arguments, from_args
 from draftwise.serve.limits import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_LIMIT_CONCURRENCY,
@@ -27,21 +26,16 @@ log = logging.getLogger("draftwise.serve")
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``serve`` options to ``parser`` (a sub-command's parser) and set ``func=serve``."""
-    target_argument(parser)
-    parser.add_argument("--draft", default=DEFAULT_DRAFT, help="as --target; 'none' for no draft")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    dtype_argument(parser)
+    add_arguments(parser, ModelOptions, help={"draft": "as --target; 'none' for no draft"})
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model-name", help="the name clients pass as `model` (default: --target)")
-    parser.add_argument(
-        "--method", choices=list(METHODS), default=None,
-        help="default method (speckv; specpc with --upstream, where only specpc and full are valid)",
-    )  # fmt: skip
-    parser.add_argument("--budget", type=int, help="default budget (method default if unset)")
-    parser.add_argument("--window", type=int, help="default window (method default if unset)")
-    parser.add_argument("--lookahead", type=int, help="default lookahead (method default if unset)")
-    parser.add_argument("--prompt-budget", type=int, help="speckvpc: default prompt budget")
+    add_arguments(
+        parser,
+        MethodOptions,
+        defaults={"method": None},
+        help={"method": "for requests that name none: speckv; specpc with --upstream (specpc or full)"},
+    )
     parser.add_argument("--max-new-tokens", type=int, default=256, help="for requests without max_tokens")
     parser.add_argument(
         "--max-new-tokens-limit", type=int, default=DEFAULT_MAX_NEW_TOKENS_LIMIT,
@@ -112,20 +106,17 @@ def _is_loopback(host: str) -> bool:
 
 def serve(args: argparse.Namespace) -> int:
     """Load the models named by ``args`` and serve them until interrupted."""
+    # The web stack (FastAPI, uvicorn, pydantic) loads only when serving, not for every command.
     import uvicorn
 
-    from draftwise.models import load_model
     from draftwise.serve.app import create_app
     from draftwise.serve.http import server_config
     from draftwise.serve.jobs import Defaults
 
-    upstream = getattr(args, "upstream", None)
+    upstream = args.upstream
     defaults = {
         "method": args.method or ("specpc" if upstream else "speckv"),
-        "budget": args.budget,
-        "window": args.window,
-        "lookahead": args.lookahead,
-        "prompt_budget": args.prompt_budget,
+        **from_args(MethodOptions, args).options(),
         "max_tokens": args.max_new_tokens,
         "temperature": args.temperature,
         "top_p": args.top_p,

@@ -30,9 +30,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from torch import nn
 
 from draftwise.checks import TooLarge
-from draftwise.methods import Method, SpecPC
+from draftwise.methods import Method
 from draftwise.methods.base import OptionError
-from draftwise.prompt import compress_text
 from draftwise.serve.admission import Admission
 from draftwise.serve.errors import (
     APIError,
@@ -52,6 +51,7 @@ from draftwise.serve.limits import (
 )
 from draftwise.serve.schemas import ChatCompletionRequest, CompletionRequest, check_model_id
 from draftwise.serve.watch import CLIENT_CLOSED, ClientGone, ClientWatch
+from draftwise.text_compression import compress_text
 
 try:  # the name httpx is published under in some environments (openai 3.x uses it)
     import httpx2 as httpx
@@ -160,8 +160,8 @@ def _compress(
     draft: nn.Module, tokenizer, method: Method, text: str, param: str, max_bytes: int | None
 ) -> tuple[str, Counts]:
     """Compress ``text`` (in a worker thread), checked first against the draft's context and the memory
-    limit; a ``full`` method only counts its tokens."""
-    if not isinstance(method, SpecPC) or not text.strip():
+    limit; a method that keeps the whole prompt (``full``) only counts its tokens."""
+    if method.prompt_stage() is None or not text.strip():
         n = len(tokenizer(text, add_special_tokens=False).input_ids) if text else 0
         return text, Counts(n, n)
     try:
@@ -287,7 +287,7 @@ def create_upstream_app(
 
     async def compressed(watch: ClientWatch, raw: dict, chat: bool, method: Method) -> Counts:
         """Compress the prompt inside ``raw`` in place (``full``: only count it); the counts."""
-        if isinstance(method, SpecPC):
+        if method.prompt_stage() is not None:
             key, container, param = _target(raw, chat)
             text = _text_of(container[key], param)
             work = compressor.run(_compress, draft, tokenizer, method, text, param, max_request_bytes)

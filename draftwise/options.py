@@ -1,0 +1,137 @@
+"""The options the command line, the server and the benchmarks share: which models, where, which method.
+
+Each option is declared once, as a field of :class:`ModelOptions` or :class:`MethodOptions` with its
+default and help; :func:`add_arguments` makes the ``argparse`` options from the fields and
+:func:`from_args` reads them back, so no front end restates a flag, a default or a help string. Help
+that quotes a method's default reads it from the method's dataclass.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any, TypeVar
+
+from draftwise.methods import METHODS, Method, SpecKV, build_method
+from draftwise.models import DEFAULT_DRAFT, DEFAULT_TARGET, DTYPES
+
+T = TypeVar("T")
+
+
+def option(default: Any, help: str, **argparse_options: Any) -> Any:
+    """A dataclass field that is also a command-line option ``--name-with-dashes``."""
+    return field(default=default, metadata={"help": help, "argparse": argparse_options})
+
+
+def _method_defaults(name: str) -> str:
+    """``"speckv 32, specpc 64, ..."``: the default of option ``name`` in each method that has it."""
+    found = {}
+    for method in METHODS.values():
+        for f in fields(method):
+            if f.name == name and f.default is not MISSING:
+                found.setdefault(f.default, []).append(method.name)
+    return "; ".join(f"{value} ({', '.join(names)})" for value, names in found.items())
+
+
+def _default(cls: type, name: str) -> Any:
+    return next(f.default for f in fields(cls) if f.name == name)
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which models to load, on which device, in which dtype."""
+
+    target: str = option(DEFAULT_TARGET, "embedded name, .gguf file, directory or hub id")
+    draft: str = option(
+        DEFAULT_DRAFT, "as --target; 'self' for the target's first half (early exit); 'none' for no draft"
+    )
+    device: str = option("cpu", "cpu, cuda, cuda:1, ...")
+    dtype: str = option(
+        "auto",
+        "weights' dtype; auto: bfloat16 where the device computes it natively, else float32 on CPU",
+        choices=["auto", *DTYPES],
+    )
+
+    @property
+    def draft_name(self) -> str | None:
+        """``--draft``, or ``None`` for ``none`` (or empty)."""
+        return None if not self.draft or self.draft.lower() == "none" else self.draft
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """A method and the options a user most often sets; ``None`` keeps the method's default."""
+
+    method: str = option("speckv", "compression method", choices=list(METHODS))
+    budget: int | None = option(
+        None,
+        "KV pairs (KV methods; speckvpc: its KV stage) or prompt tokens (prompt methods) to keep; "
+        f"default: {_method_defaults('budget')}",
+        type=int,
+    )
+    window: int | None = option(
+        None, f"last tokens always kept; default: {_method_defaults('window')}", type=int
+    )
+    lookahead: int | None = option(
+        None, f"tokens the draft writes ahead; default: {_method_defaults('lookahead')}", type=int
+    )
+    prompt_budget: int | None = option(
+        None,
+        f"speckvpc: prompt tokens kept by its SpecPC stage (default {_method_defaults('prompt_budget')})",
+        type=int,
+    )
+    sparse_prefill: bool | None = option(
+        None, "speckv: sparse (vertical-slash) pre-fill", action="store_true"
+    )
+    vertical: int | None = option(
+        None,
+        f"speckv sparse pre-fill: keys every query sees (default {_default(SpecKV, 'vertical')})",
+        type=int,
+    )
+    slash: int | None = option(
+        None,
+        f"speckv sparse pre-fill: local band of recent keys (default {_default(SpecKV, 'slash')})",
+        type=int,
+    )
+
+    def options(self) -> dict[str, Any]:
+        """The options set (not ``None``), without the method's name."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "method"}
+        return {name: value for name, value in values.items() if value is not None}
+
+    def build(self) -> Method:
+        """The method with these options (:func:`draftwise.methods.build_method`)."""
+        return build_method(self.method, **self.options())
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    only: tuple[str, ...] | None = None,
+    defaults: dict[str, Any] | None = None,
+    help: dict[str, str] | None = None,
+) -> argparse.ArgumentParser:
+    """Add the fields of ``cls`` (or ``only`` these) to ``parser`` as ``--options``; ``defaults`` and
+    ``help`` replace a field's for this parser (e.g. a command whose draft cannot be ``self``)."""
+    for f in _fields(cls, only):
+        kwargs = dict(f.metadata["argparse"])
+        kwargs["default"] = (defaults or {}).get(f.name, f.default)
+        kwargs["help"] = (help or {}).get(f.name, f.metadata["help"])
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+    return parser
+
+
+def from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """An instance of ``cls`` from the parsed ``args`` (fields a parser did not add keep defaults)."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+def _fields(cls: type, only: tuple[str, ...] | None) -> list[Field]:
+    chosen = list(fields(cls))
+    if only is None:
+        return chosen
+    unknown = set(only) - {f.name for f in chosen}
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no option {', '.join(sorted(unknown))}")
+    return [f for f in chosen if f.name in only]
