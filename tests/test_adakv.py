@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
-from conftest import ARCHITECTURES, random_ids, tiny_model
+from helpers import ARCHITECTURES, random_ids, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from draftwise import AdaKV, SnapKV, generate
+from draftwise.attention import attention_modules
 from draftwise.decoding import decode
+from draftwise.headmask import HeadMaskedAttention
 from draftwise.methods.adakv import adaptive_selection
 from draftwise.prefill import prefill
 
@@ -84,3 +89,87 @@ def test_ada_speckv_lookahead_changes_what_is_kept(tokenizer, kept_positions):
     with_lookahead = dict(kept_positions)
     generate(target, draft, tokenizer, ids, method=AdaKV(budget=30, window=4), max_new_tokens=4)
     assert kept_positions != with_lookahead
+
+
+def test_padding_is_never_attended_in_bfloat16():
+    """The head mask takes the queries' dtype (``sdpa`` refuses a float32 mask on bfloat16 queries)."""
+    target = tiny_model("qwen2", attn="sdpa").to(torch.bfloat16)
+    n = 70
+    ids = torch.tensor([random_ids(n, seed=2)])
+    method = AdaKV(budget=24, window=4, floor=0.0)
+    clean = prefill(target, ids, method)
+    assert clean.valid
+    expected = decode(target, clean.cache, clean.logits, n, 4, valid=clean.valid)
+    corrupted = prefill(target, ids, method)
+    for layer, valid in corrupted.valid.items():
+        state = corrupted.cache.layers[layer]
+        state.keys = torch.where(valid[..., None], state.keys, torch.randn_like(state.keys) * 100)
+    assert torch.equal(
+        decode(target, corrupted.cache, corrupted.logits, n, 4, valid=corrupted.valid), expected
+    )
+
+
+def _masked(attn: str):
+    """A tiny model, its first attention module and a head mask hiding position 1 of KV head 0."""
+    target = tiny_model("qwen2", attn=attn)
+    module = attention_modules(target)[0]
+    heads, groups = target.config.num_attention_heads, target.config.num_key_value_heads
+    valid = torch.ones(1, groups, 4, dtype=torch.bool)
+    valid[0, 0, 1] = False
+    return target, module, heads, groups, HeadMaskedAttention(target, {0: valid})
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_head_mask_calls_the_models_own_attention(attn):
+    target, module, *_, masked = _masked(attn)
+    with masked:
+        inner = masked.inner(module)
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    assert inner is (ALL_ATTENTION_FUNCTIONS["sdpa"] if attn == "sdpa" else eager)
+    assert target.config._attn_implementation == attn
+
+
+def test_head_mask_refuses_flash_attention_by_name():
+    target, *_, masked = _masked("eager")
+    target.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="need 'eager' or 'sdpa' attention, not 'flash_attention_2'"):
+        masked.__enter__()
+
+
+def test_head_mask_joins_the_models_own_mask():
+    """A float mask from the model is added to the head mask; a boolean one (True: visible) first
+    becomes 0 / the dtype's minimum. Each query head sees its KV group's padding."""
+    _, module, heads, groups, masked = _masked("eager")
+    seen = {}
+
+    def inner(module, query, key, value, attention_mask, **kwargs):
+        seen["mask"] = attention_mask
+        return query, None
+
+    masked.inner = lambda module: inner
+    query, key = torch.zeros(1, heads, 1, 8), torch.zeros(1, groups, 5, 8)
+    low = torch.finfo(torch.float32).min
+    padding = torch.zeros(1, heads, 1, 5)
+    padding[:, : heads // groups, :, 1] = low  # the query heads of KV head 0
+    masked.attention(module, query, key, key, None)
+    assert torch.equal(seen["mask"], padding)
+    model_mask = torch.zeros(1, 1, 1, 7)
+    model_mask[..., -1] = -5.0  # the model's own mask is longer: its last 5 positions are the keys'
+    masked.attention(module, query, key, key, model_mask)
+    assert torch.equal(seen["mask"], padding + model_mask[..., -5:])
+    visible = torch.ones(1, 1, 1, 5, dtype=torch.bool)
+    visible[..., 3] = False
+    masked.attention(module, query, key, key, visible)
+    assert torch.equal(seen["mask"], padding + torch.zeros(1, 1, 1, 5).masked_fill(~visible, low))
+
+
+def test_head_mask_is_built_once_per_layer():
+    """Decoding steps reuse one mask per layer (sliced, no new work) until it must grow."""
+    _, module, heads, groups, masked = _masked("eager")
+    query = torch.zeros(1, heads, 1, 8)
+    first = masked.mask(module, query, torch.zeros(1, groups, 5, 8))
+    again = masked.mask(module, query, torch.zeros(1, groups, 6, 8))
+    assert again.data_ptr() == first.data_ptr() and again.shape[-1] == 6
+    assert torch.equal(again[..., :5], first)
+    grown = masked.mask(module, query, torch.zeros(1, groups, 4 + 257, 8))
+    assert grown.shape[-1] == 4 + 257 and torch.equal(grown[..., :6], again)
