@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ from helpers import tiny_tokenizer  # noqa: E402
 from serving import Recorder, running  # noqa: E402
 
 from draftwise.serve import create_app  # noqa: E402
+from draftwise.serve.settings import ServerSettings  # noqa: E402
 
 MODEL = "tiny"
 KEY = "front-key"
@@ -57,6 +59,8 @@ def tiny_model(seed: int, layers: int = 2):
 def app_of(*args, dropped: list[str], **kwargs):
     """``create_app`` with the keyword arguments this checkout takes; the others go to ``dropped``."""
     accepted = inspect.signature(create_app).parameters
+    if "settings" in accepted:  # the settings arrive as one ServerSettings, its fields as keywords
+        accepted = {f.name for f in fields(ServerSettings)}
     dropped += [k for k in kwargs if k not in accepted]
     return create_app(*args, **{k: v for k, v in kwargs.items() if k in accepted})
 

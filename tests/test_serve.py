@@ -25,7 +25,9 @@ except ImportError:  # pragma: no cover
 from draftwise.checks import kv_cache_bytes  # noqa: E402
 from draftwise.serve import add_serve_arguments, create_app, serve  # noqa: E402
 from draftwise.serve.jobs import Defaults  # noqa: E402
+from draftwise.serve.main import server_settings  # noqa: E402
 from draftwise.serve.schemas import DraftwiseOptions  # noqa: E402
+from draftwise.serve.settings import ServerSettings  # noqa: E402
 from draftwise.serve.text import TextStream  # noqa: E402
 from draftwise.serve.worker import ModelLock  # noqa: E402
 
@@ -493,3 +495,41 @@ def test_request_over_the_memory_limit_is_refused_before_any_work(models):
         for handle in handles:
             handle.remove()
     assert forwards == [], "a refused request ran no forward of the target or the draft"
+
+
+def test_the_serve_command_builds_one_settings_object():
+    argv = ["--upstream", "http://127.0.0.1:9/v1", "--max-request-memory", "2", "--budget", "512"]
+    settings = server_settings(add_serve_arguments(argparse.ArgumentParser()).parse_args(argv))
+    assert settings.upstream == "http://127.0.0.1:9/v1" and settings.max_request_bytes == 2 * 2**20
+    assert settings.defaults["method"] == "specpc" and settings.defaults["budget"] == 512
+    plain = server_settings(add_serve_arguments(argparse.ArgumentParser()).parse_args(["--api-key", "k"]))
+    assert plain.defaults["method"] == "speckv" and plain.api_key == "k" and plain.upstream is None
+
+
+@pytest.mark.parametrize(
+    "bad, named",
+    [
+        ({"upstream": "ftp://127.0.0.1/v1"}, "http"),
+        ({"upstream": "http://127.0.0.1/v1", "upstream_timeout": 0}, "timeout"),
+        ({"upstream": "http://127.0.0.1/v1", "max_forwarded": 0}, "forwarded"),
+        ({"max_queue": -1}, "max_queue"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"max_body_bytes": 0}, "max_body_bytes"),
+        ({"max_request_bytes": 0}, "max_request_bytes"),
+    ],
+)
+def test_settings_refuse_bad_limits_by_name(bad, named):
+    with pytest.raises(ValueError, match=named):
+        ServerSettings(**bad)
+
+
+def test_create_app_takes_settings_or_their_fields():
+    target, tokenizer = tiny_model("qwen2"), tiny_tokenizer()
+    given = ServerSettings(model_name=MODEL, defaults={"method": "full"}, max_queue=0)
+    for app in (
+        create_app(target, None, tokenizer, given),
+        create_app(target, None, tokenizer, model_name=MODEL, defaults={"method": "full"}, max_queue=0),
+    ):
+        assert app.state.engine.pool.admission.limit == 1
+    with pytest.raises(TypeError):
+        create_app(target, None, tokenizer, model_name=MODEL, colour="red")

@@ -1,6 +1,16 @@
-"""Admission: how many requests the server takes on at once; beyond that, 429 before any work."""
+"""Admission: how many requests the server takes on at once; beyond that, 429 before any work.
+
+:class:`Admission` counts places; :class:`WorkerPool` adds the threads that run blocking work (a
+generation, a compression) a few at a time. Local generations and upstream mode's compressions both
+go through a :class:`WorkerPool`.
+"""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 
 class Busy(Exception):
@@ -24,3 +34,67 @@ class Admission:
 
     def release(self) -> None:
         self.count -= 1
+
+
+class WorkerPool:
+    """Blocking work in ``max_concurrency`` threads, with at most ``max_queue`` more requests waiting.
+
+    A request takes a place with :meth:`admit` (:class:`Busy` if none is left) before any work, then
+    :meth:`run` holds it until its work is done. A caller cancelled while waiting for a thread leaves
+    at once; one cancelled while its work runs leaves the thread to finish (a thread cannot be
+    stopped: the work must notice and return early), and the place and thread are freed then.
+    """
+
+    def __init__(self, max_concurrency: int, max_queue: int, what: str, thread_name: str) -> None:
+        if max_concurrency < 1 or max_queue < 0:
+            raise ValueError(
+                f"need max_concurrency >= 1 and max_queue >= 0, got {max_concurrency}, {max_queue}"
+            )
+        self.max_concurrency = max_concurrency
+        self.admission = Admission(max_concurrency + max_queue, what)
+        self.running = 0
+        self._slots: asyncio.Semaphore | None = None  # made on the event loop that first runs work
+        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix=thread_name)
+
+    @property
+    def waiting(self) -> int:
+        return self.admission.count - self.running
+
+    def admit(self) -> None:
+        """Take a place (running or waiting); :class:`Busy` if there is none."""
+        self.admission.admit()
+
+    def release(self) -> None:
+        """Give back a place taken by :meth:`admit` for work that will not :meth:`run`."""
+        self.admission.release()
+
+    async def run(self, fn: Callable[..., Any], *args: Any, skip: Callable[[], bool] | None = None) -> Any:
+        """``fn(*args)`` in a worker thread once one is free, for an admitted request; its place is
+        released when the work ends. ``skip()``, asked when a thread is free, says the work is no
+        longer wanted (``None`` is returned and nothing runs)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrency)
+        slots = self._slots
+        try:
+            await slots.acquire()
+        except BaseException:
+            self.admission.release()
+            raise
+        if skip is not None and skip():
+            slots.release()
+            self.admission.release()
+            return None
+        self.running += 1
+        future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+        def done(_: asyncio.Future) -> None:
+            self.running -= 1
+            slots.release()
+            self.admission.release()
+
+        future.add_done_callback(done)
+        return await asyncio.shield(future)
+
+    def close(self) -> None:
+        """Stop taking work; work not started is dropped."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

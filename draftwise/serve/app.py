@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,22 +14,14 @@ from torch import nn
 
 from draftwise.serve.errors import (
     APIError,
-    install_error_handlers,
     log,
     model_not_found,
 )
+from draftwise.serve.factory import new_app
 from draftwise.serve.formats import DONE, Formatter, sse, usage
-from draftwise.serve.guards import ApiKeyGuard, BodyLimit
 from draftwise.serve.jobs import Defaults, make_job
-from draftwise.serve.limits import (
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_MAX_FORWARDED,
-    DEFAULT_MAX_NEW_TOKENS_LIMIT,
-    DEFAULT_MAX_QUEUE,
-    DEFAULT_UPSTREAM_TIMEOUT,
-)
 from draftwise.serve.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from draftwise.serve.settings import ServerSettings
 from draftwise.serve.upstream import create_upstream_app
 from draftwise.serve.watch import CLIENT_CLOSED, ClientGone, ClientWatch
 from draftwise.serve.worker import Delta, Engine, Event, Failed, Finished, Generation
@@ -107,93 +99,35 @@ def create_app(
     target: nn.Module | None,
     draft: nn.Module | None,
     tokenizer,
-    *,
-    model_name: str | None = None,
-    defaults: Mapping[str, Any] | None = None,
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-    max_queue: int = DEFAULT_MAX_QUEUE,
-    api_key: str | None = None,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    max_new_tokens_limit: int = DEFAULT_MAX_NEW_TOKENS_LIMIT,
-    max_request_bytes: int | None = None,
-    upstream: str | None = None,
-    upstream_model: str | None = None,
-    upstream_api_key: str | None = None,
-    upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT,
-    max_forwarded: int = DEFAULT_MAX_FORWARDED,
+    settings: ServerSettings | None = None,
+    **options: Any,
 ) -> FastAPI:
-    """An OpenAI-compatible app serving ``target`` (helped by ``draft``) under the name ``model_name``.
+    """An OpenAI-compatible app serving ``target`` (helped by ``draft``) as ``settings.model_name``.
 
-    Args:
-        defaults: server-side defaults, e.g. ``{"method": "speckv", "budget": 256, "max_tokens": 256,
-            "temperature": 0.0, "top_p": 1.0}``; a request's ``"draftwise"`` field overrides the method
-            and its options (the default options apply only when it keeps the default method).
-        max_concurrency: generations run at once, in worker threads sharing the models (the query
-            recorders are per thread); a generation that switches the attention implementation
-            (AdaKV, SpecKV's sparse pre-fill) runs alone.
-        max_queue: requests that may wait for a slot; beyond them the answer is 429 with ``Retry-After``.
-        api_key: if set, every route but ``/health`` needs ``Authorization: Bearer <api_key>``.
-        max_body_bytes: larger request bodies get 413.
-        max_new_tokens_limit: the most ``max_tokens`` a request may ask for.
-        max_request_bytes: requests whose KV cache and scoring weights before anything is dropped
-            (prompt plus ``max_tokens`` or the lookahead, in the target or the draft; upstream mode: the
-            draft's) would exceed this many bytes get 400 before any work starts; ``None``: no limit
-            but the context.
-        upstream: upstream mode: the base URL (``http://host:port/v1``) of an OpenAI-compatible server.
-            Only ``draft`` runs here (``target`` is ``None``): each request's prompt (chat: the last user
-            message) is compressed with SpecPC and the request forwarded there; see
-            :mod:`draftwise.serve.upstream`. ``model_name`` and ``max_new_tokens_limit`` do not apply.
-        upstream_model: the ``model`` sent upstream in place of the client's.
-        upstream_api_key: the key sent upstream; without it none is (a client's key is this server's).
-        upstream_timeout: seconds to wait for the upstream (connecting, and between bytes read).
-        max_forwarded: upstream mode: requests in flight to the upstream at once; beyond them, 429.
+    ``settings`` (:class:`~draftwise.serve.settings.ServerSettings`) say how: limits, the API key,
+    defaults, or upstream mode (then ``target`` is ``None`` and only ``draft`` runs here, see
+    :mod:`draftwise.serve.upstream`). Keyword ``options`` set its fields directly:
+    ``create_app(target, draft, tokenizer, model_name="qwen", api_key=KEY)``.
+
     Raises:
-        ValueError: bad defaults or limits, or a default method that needs a draft when there is none.
+        ValueError: bad settings, or a default method that needs a draft when there is none.
     """
-    if (
-        max_body_bytes < 1
-        or max_new_tokens_limit < 1
-        or (max_request_bytes is not None and max_request_bytes < 1)
-    ):
-        raise ValueError("max_body_bytes, max_new_tokens_limit and max_request_bytes must be positive")
-    if upstream is not None:
+    settings = replace(settings or ServerSettings(), **options)
+    if settings.upstream is not None:
         if target is not None:
             raise ValueError("upstream mode runs only the draft: pass target=None")
-        return create_upstream_app(
-            draft,
-            tokenizer,
-            upstream=upstream,
-            upstream_model=upstream_model,
-            upstream_api_key=upstream_api_key,
-            upstream_timeout=upstream_timeout,
-            defaults=defaults,
-            max_concurrency=max_concurrency,
-            max_queue=max_queue,
-            api_key=api_key,
-            max_body_bytes=max_body_bytes,
-            max_request_bytes=max_request_bytes,
-            max_forwarded=max_forwarded,
-        )
+        return create_upstream_app(draft, tokenizer, settings)
+    model_name = settings.model_name
     if target is None or model_name is None:
         raise ValueError("a target model and its model_name are needed (or an upstream URL)")
-    settings = Defaults.parse(defaults)
-    default_method = settings.build_method(None)
+    defaults = Defaults.parse(settings.defaults)
+    default_method = defaults.build_method(None)
     if default_method.needs_draft and draft is None:
         raise ValueError(f"the default method {default_method.name} needs a draft model")
-    engine = Engine(target, draft, tokenizer, max_concurrency, max_queue)
+    engine = Engine(target, draft, tokenizer, settings.max_concurrency, settings.max_queue)
     started = int(time.time())
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        engine.close()
-
-    app = FastAPI(title="draftwise", summary="OpenAI-compatible draftwise server", lifespan=lifespan)
+    app = new_app("OpenAI-compatible draftwise server", settings, engine.close)
     app.state.engine = engine
-    install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    if api_key:
-        app.add_middleware(ApiKeyGuard, key=api_key)  # added last: runs first
 
     def check_model(name: str | None) -> None:
         if name is not None and name != model_name:
@@ -205,8 +139,9 @@ def create_app(
         try:
             # Templating and tokenizing a large body take a while: off the event loop.
             job = await asyncio.to_thread(
-                make_job, body, tokenizer=tokenizer, target=target, defaults=settings,
-                max_tokens_limit=max_new_tokens_limit, max_request_bytes=max_request_bytes, draft=draft,
+                make_job, body, tokenizer=tokenizer, target=target, defaults=defaults,
+                max_tokens_limit=settings.max_new_tokens_limit,
+                max_request_bytes=settings.max_request_bytes, draft=draft,
             )  # fmt: skip
         except BaseException:
             engine.release()

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from draftwise.serve.admission import Busy
-from draftwise.serve.limits import RETRY_AFTER_SECONDS
+from draftwise.serve.settings import RETRY_AFTER_SECONDS
 
 log = logging.getLogger("draftwise.serve")
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from draftwise.serve.errors import error_response
-from draftwise.serve.limits import DEFAULT_BODY_TIMEOUT
+from draftwise.serve.settings import DEFAULT_BODY_TIMEOUT
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

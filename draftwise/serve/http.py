@@ -16,7 +16,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from draftwise.serve.limits import DEFAULT_HEADER_TIMEOUT, DEFAULT_LIMIT_CONCURRENCY
+from draftwise.serve.settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_LIMIT_CONCURRENCY
 
 
 class HeaderDeadline(H11Protocol):

@@ -10,7 +10,7 @@ import sys
 
 from draftwise.models import load_model
 from draftwise.options import MethodOptions, ModelOptions, add_arguments, from_args
-from draftwise.serve.limits import (
+from draftwise.serve.settings import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_LIMIT_CONCURRENCY,
     DEFAULT_MAX_BODY_BYTES,
@@ -19,6 +19,7 @@ from draftwise.serve.limits import (
     DEFAULT_MAX_NEW_TOKENS_LIMIT,
     DEFAULT_MAX_QUEUE,
     DEFAULT_UPSTREAM_TIMEOUT,
+    ServerSettings,
 )
 
 log = logging.getLogger("draftwise.serve")
@@ -113,23 +114,9 @@ def serve(args: argparse.Namespace) -> int:
     from draftwise.serve.http import server_config
     from draftwise.serve.jobs import Defaults
 
-    upstream = args.upstream
-    defaults = {
-        "method": args.method or ("specpc" if upstream else "speckv"),
-        **from_args(MethodOptions, args).options(),
-        "max_tokens": args.max_new_tokens,
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-    }
-    Defaults.parse(defaults)  # bad options fail now, not after loading the models
-    memory = args.max_request_memory
-    limits = {
-        "max_concurrency": args.max_concurrency,
-        "max_queue": args.max_queue,
-        "api_key": args.api_key,
-        "max_body_bytes": args.max_body_bytes,
-        "max_request_bytes": None if memory is None else int(memory * 2**20),
-    }
+    settings = server_settings(args)
+    Defaults.parse(settings.defaults)  # bad options fail now, not after loading the models
+    models = from_args(ModelOptions, args)
 
     def run(app) -> int:
         config = server_config(
@@ -142,27 +129,43 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
     if not args.api_key and not _is_loopback(args.host):
         log.warning("listening on %s without an API key: anyone who can reach it can use it", args.host)
-    if upstream:
-        if not args.draft or args.draft.lower() == "none":
+    draft = tokenizer = None
+    if settings.upstream:
+        if models.draft_name is None:
             raise ValueError("--upstream needs a --draft model to compress prompts with")
-        draft, tokenizer = load_model(args.draft, dtype=args.dtype, device=args.device)
-        return run(
-            create_app(
-                None, draft, tokenizer, defaults=defaults, upstream=upstream,
-                upstream_model=args.upstream_model, upstream_api_key=args.upstream_api_key,
-                upstream_timeout=args.upstream_timeout, max_forwarded=args.max_forwarded, **limits,
-            )
-        )  # fmt: skip
-    target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device)
-    draft = None
-    if args.draft and args.draft.lower() != "none":
-        draft, _ = load_model(args.draft, dtype=args.dtype, device=args.device)
-    return run(
-        create_app(
-            target, draft, tokenizer, model_name=args.model_name or args.target, defaults=defaults,
-            max_new_tokens_limit=args.max_new_tokens_limit, **limits,
-        )
-    )  # fmt: skip
+        draft, tokenizer = load_model(models.draft_name, dtype=models.dtype, device=models.device)
+        return run(create_app(None, draft, tokenizer, settings))
+    target, tokenizer = load_model(models.target, dtype=models.dtype, device=models.device)
+    if models.draft_name is not None:
+        draft, _ = load_model(models.draft_name, dtype=models.dtype, device=models.device)
+    return run(create_app(target, draft, tokenizer, settings))
+
+
+def server_settings(args: argparse.Namespace) -> ServerSettings:
+    """The :class:`ServerSettings` that the ``serve`` arguments ask for."""
+    memory = args.max_request_memory
+    defaults = {
+        "method": args.method or ("specpc" if args.upstream else "speckv"),
+        **from_args(MethodOptions, args).options(),
+        "max_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+    }
+    return ServerSettings(
+        model_name=args.model_name or args.target,
+        defaults=defaults,
+        max_concurrency=args.max_concurrency,
+        max_queue=args.max_queue,
+        api_key=args.api_key,
+        max_body_bytes=args.max_body_bytes,
+        max_new_tokens_limit=args.max_new_tokens_limit,
+        max_request_bytes=None if memory is None else int(memory * 2**20),
+        upstream=args.upstream,
+        upstream_model=args.upstream_model,
+        upstream_api_key=args.upstream_api_key,
+        upstream_timeout=args.upstream_timeout,
+        max_forwarded=args.max_forwarded,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,24 +30,13 @@ from torch import nn
 from draftwise.checks import TooLarge
 from draftwise.methods import Method
 from draftwise.methods.base import OptionError
-from draftwise.serve.admission import Admission
-from draftwise.serve.errors import (
-    APIError,
-    install_error_handlers,
-    log,
-    model_not_found,
-)
+from draftwise.serve.admission import Admission, WorkerPool
+from draftwise.serve.errors import APIError, log, model_not_found
+from draftwise.serve.factory import new_app
 from draftwise.serve.formats import DONE
-from draftwise.serve.guards import ApiKeyGuard, BodyLimit
 from draftwise.serve.jobs import Defaults, checked_text, method_error
-from draftwise.serve.limits import (
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_MAX_FORWARDED,
-    DEFAULT_MAX_QUEUE,
-    DEFAULT_UPSTREAM_TIMEOUT,
-)
 from draftwise.serve.schemas import ChatCompletionRequest, CompletionRequest, check_model_id
+from draftwise.serve.settings import ServerSettings
 from draftwise.serve.watch import CLIENT_CLOSED, ClientGone, ClientWatch
 from draftwise.text_compression import compress_text
 
@@ -62,53 +49,6 @@ TOKENS_HEADER = "x-draftwise-prompt-tokens"
 KEPT_HEADER = "x-draftwise-prompt-tokens-kept"
 UPSTREAM_METHODS = ("specpc", "full")
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
-
-
-class Compressor:
-    """Runs compressions in ``max_concurrency`` threads, admitting at most ``max_queue`` more waiting.
-
-    A caller that goes away while waiting leaves the queue at once; one that goes away while its
-    compression runs leaves the thread to finish (a thread cannot be stopped), and its slot is freed then.
-    """
-
-    def __init__(self, max_concurrency: int, max_queue: int) -> None:
-        if max_concurrency < 1 or max_queue < 0:
-            raise ValueError(
-                f"need max_concurrency >= 1 and max_queue >= 0, got {max_concurrency}, {max_queue}"
-            )
-        self.admission = Admission(max_concurrency + max_queue, "requests being compressed or waiting")
-        self.running = 0
-        self._slots: asyncio.Semaphore | None = None
-        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="draftwise-compress")
-        self.max_concurrency = max_concurrency
-
-    @property
-    def waiting(self) -> int:
-        return self.admission.count - self.running
-
-    async def run(self, fn, *args):
-        """``fn(*args)`` in a worker thread once a slot is free; :class:`Busy` if the queue is full."""
-        self.admission.admit()
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.max_concurrency)
-        try:
-            await self._slots.acquire()
-        except BaseException:
-            self.admission.release()
-            raise
-        self.running += 1
-        future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
-        def done(_: asyncio.Future) -> None:
-            self.running -= 1
-            self._slots.release()
-            self.admission.release()
-
-        future.add_done_callback(done)
-        return await asyncio.shield(future)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass
@@ -214,68 +154,47 @@ def _passed_headers(response) -> dict[str, str]:
     return {k: v for k, v in response.headers.items() if k.lower() not in _HOP_HEADERS}
 
 
-def create_upstream_app(
-    draft: nn.Module,
-    tokenizer,
-    *,
-    upstream: str,
-    upstream_model: str | None = None,
-    upstream_api_key: str | None = None,
-    upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT,
-    defaults: Mapping[str, Any] | None = None,
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-    max_queue: int = DEFAULT_MAX_QUEUE,
-    max_forwarded: int = DEFAULT_MAX_FORWARDED,
-    api_key: str | None = None,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    max_request_bytes: int | None = None,
-) -> FastAPI:
-    """The upstream-mode app; see :func:`draftwise.serve.app.create_app`."""
-    if draft is None:
-        raise ValueError("upstream mode needs a draft model to compress prompts with")
-    if not upstream.startswith(("http://", "https://")):
-        raise ValueError(f"the upstream must be an http(s) URL such as http://host:8000/v1, got {upstream!r}")
-    if not upstream_timeout or upstream_timeout <= 0:
-        raise ValueError(f"the upstream timeout must be positive, got {upstream_timeout!r}")
-    settings = Defaults.parse({"method": "specpc", **(defaults or {})})
-    if settings.method not in UPSTREAM_METHODS:
-        raise ValueError(f"upstream mode takes method specpc or full, not {settings.method}")
-    base = upstream.rstrip("/")
-    compressor = Compressor(max_concurrency, max_queue)
-    forwarded = Admission(max_forwarded, "requests in flight to the upstream")
-    clients: dict[str, Any] = {}
+class Forwarder:
+    """Upstream mode's work on one request: check its method, compress its prompt with the draft (in
+    the :class:`~draftwise.serve.admission.WorkerPool`), forward it, and pass the answer back."""
 
-    def http():
-        if "client" not in clients:
-            clients["client"] = httpx.AsyncClient(timeout=httpx.Timeout(upstream_timeout))
-        return clients["client"]
+    def __init__(self, draft: nn.Module, tokenizer, settings: ServerSettings) -> None:
+        self.draft, self.tokenizer, self.settings = draft, tokenizer, settings
+        self.defaults = Defaults.parse({"method": "specpc", **(settings.defaults or {})})
+        if self.defaults.method not in UPSTREAM_METHODS:
+            raise ValueError(f"upstream mode takes method specpc or full, not {self.defaults.method}")
+        self.base = settings.upstream.rstrip("/")
+        self.pool = WorkerPool(
+            settings.max_concurrency,
+            settings.max_queue,
+            "requests being compressed or waiting",
+            "draftwise-compress",
+        )
+        self.forwarded = Admission(settings.max_forwarded, "requests in flight to the upstream")
+        self._client: Any = None
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        compressor.close()
-        if "client" in clients:
-            await clients.pop("client").aclose()
+    def client(self):
+        """The HTTP client to the upstream, made on first use (on the event loop)."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.settings.upstream_timeout))
+        return self._client
 
-    app = FastAPI(
-        title="draftwise", summary="SpecPC in front of an OpenAI-compatible server", lifespan=lifespan
-    )
-    app.state.compressor = compressor
-    install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    if api_key:
-        app.add_middleware(ApiKeyGuard, key=api_key)  # added last: runs first
+    async def close(self) -> None:
+        self.pool.close()
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
 
-    def headers_for(accept: str) -> dict[str, str]:
+    def headers_for(self, accept: str) -> dict[str, str]:
         """Only the operator's key goes upstream: a client's ``Authorization`` is this server's own."""
         headers = {"Accept": accept}
-        if upstream_api_key:
-            headers["Authorization"] = f"Bearer {upstream_api_key}"
+        if self.settings.upstream_api_key:
+            headers["Authorization"] = f"Bearer {self.settings.upstream_api_key}"
         return headers
 
-    def method_of(body: ChatCompletionRequest | CompletionRequest) -> Method:
+    def method_of(self, body: ChatCompletionRequest | CompletionRequest) -> Method:
         try:
-            method = settings.build_method(body.draftwise)
+            method = self.defaults.build_method(body.draftwise)
         except (ValueError, TypeError) as error:
             raise method_error(error) from None
         if method.name not in UPSTREAM_METHODS:
@@ -285,12 +204,15 @@ def create_upstream_app(
             )  # fmt: skip
         return method
 
-    async def compressed(watch: ClientWatch, raw: dict, chat: bool, method: Method) -> Counts:
+    async def compress(self, watch: ClientWatch, raw: dict, chat: bool, method: Method) -> Counts:
         """Compress the prompt inside ``raw`` in place (``full``: only count it); the counts."""
+        draft, tokenizer = self.draft, self.tokenizer
         if method.prompt_stage() is not None:
             key, container, param = _target(raw, chat)
             text = _text_of(container[key], param)
-            work = compressor.run(_compress, draft, tokenizer, method, text, param, max_request_bytes)
+            self.pool.admit()
+            limit = self.settings.max_request_bytes
+            work = self.pool.run(_compress, draft, tokenizer, method, text, param, limit)
             short, counts = await watch.until(work)
             container[key] = short
             return counts
@@ -304,73 +226,87 @@ def create_upstream_app(
         _, counts = await asyncio.to_thread(_compress, draft, tokenizer, method, text, param, None)
         return counts
 
-    async def forward(request: Request, body: ChatCompletionRequest | CompletionRequest, path: str) -> Any:
-        method = method_of(body)
-        forwarded.admit()  # a 429 before any work when too many are in flight
+    async def forward(
+        self, request: Request, body: ChatCompletionRequest | CompletionRequest, path: str
+    ) -> Any:
+        """The request, compressed, sent to ``path`` upstream; the upstream's answer, passed back."""
+        method = self.method_of(body)
+        self.forwarded.admit()  # a 429 before any work when too many are in flight
         handed_over = False
         watch = ClientWatch(request)
         try:
             raw = await asyncio.to_thread(json.loads, await request.body())
             raw.pop("draftwise", None)
-            if upstream_model:
-                raw["model"] = upstream_model
-            counts = await compressed(watch, raw, isinstance(body, ChatCompletionRequest), method)
-            content = await asyncio.to_thread(json.dumps, raw)
-            accept = "text/event-stream" if body.stream else "application/json"
-            client = http()
-            outgoing = client.build_request(
-                "POST", base + path, content=content.encode(),
-                headers={**headers_for(accept), "Content-Type": "application/json"},
-            )  # fmt: skip
-            try:
-                response = await watch.until(client.send(outgoing, stream=True))
-            except httpx.HTTPError as error:
-                raise _transport_error(error, path) from None
-            ours = counts.headers()
+            if self.settings.upstream_model:
+                raw["model"] = self.settings.upstream_model
+            counts = await self.compress(watch, raw, isinstance(body, ChatCompletionRequest), method)
+            response = await self._send(watch, raw, path, body.stream)
             if response.status_code >= 400 or not body.stream:
-                try:
-                    content_bytes = await watch.until(response.aread())
-                except httpx.HTTPError as error:
-                    raise _transport_error(error, path) from None
-                finally:
-                    await response.aclose()
-                if response.status_code >= 500:
-                    raise _upstream_error(response.status_code, content_bytes, path)
-                if response.status_code >= 400:
-                    headers = {**_passed_headers(response), **ours}
-                    return Response(content_bytes, response.status_code, headers=headers)
-                data = await asyncio.to_thread(_upstream_json, content_bytes, path)
-                if isinstance(data, dict) and isinstance(data.get("usage"), dict):
-                    data["usage"]["prompt_tokens_before"] = counts.before
-                    data["usage"]["prompt_tokens_kept"] = counts.kept
-                return JSONResponse(data, response.status_code, headers=ours)
-
-            async def relay() -> AsyncIterator[bytes]:
-                try:
-                    async for chunk in response.aiter_bytes():  # decoded: the upstream may gzip
-                        yield chunk
-                except httpx.HTTPError as error:
-                    failure = _transport_error(error, path)
-                    yield f"\n\ndata: {json.dumps(failure.body())}\n\n".encode()
-                    yield DONE.encode()
-                finally:
-                    await response.aclose()
-                    forwarded.release()
-
-            media = response.headers.get("content-type", "text/event-stream")
-            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **ours}
+                return await self._answer(watch, response, path, counts)
             handed_over = True
-            return StreamingResponse(relay(), response.status_code, headers=headers, media_type=media)
+            return self._relay(response, path, counts)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED)
         finally:
             if not handed_over:
-                forwarded.release()
+                self.forwarded.release()
 
-    async def get_json(path: str) -> Any:
-        client = http()
+    async def _send(self, watch: ClientWatch, raw: dict, path: str, stream: bool):
+        """POST ``raw`` to ``path`` upstream; the response, its body still to read."""
+        content = await asyncio.to_thread(json.dumps, raw)
+        accept = "text/event-stream" if stream else "application/json"
+        client = self.client()
+        outgoing = client.build_request(
+            "POST", self.base + path, content=content.encode(),
+            headers={**self.headers_for(accept), "Content-Type": "application/json"},
+        )  # fmt: skip
         try:
-            response = await client.get(base + path, headers=headers_for("application/json"))
+            return await watch.until(client.send(outgoing, stream=True))
+        except httpx.HTTPError as error:
+            raise _transport_error(error, path) from None
+
+    async def _answer(self, watch: ClientWatch, response, path: str, counts: Counts) -> Response:
+        """A whole answer: an upstream error passed on, or its JSON with the draft's counts in ``usage``."""
+        try:
+            content = await watch.until(response.aread())
+        except httpx.HTTPError as error:
+            raise _transport_error(error, path) from None
+        finally:
+            await response.aclose()
+        ours = counts.headers()
+        if response.status_code >= 500:
+            raise _upstream_error(response.status_code, content, path)
+        if response.status_code >= 400:
+            return Response(content, response.status_code, headers={**_passed_headers(response), **ours})
+        data = await asyncio.to_thread(_upstream_json, content, path)
+        if isinstance(data, dict) and isinstance(data.get("usage"), dict):
+            data["usage"]["prompt_tokens_before"] = counts.before
+            data["usage"]["prompt_tokens_kept"] = counts.kept
+        return JSONResponse(data, response.status_code, headers=ours)
+
+    def _relay(self, response, path: str, counts: Counts) -> StreamingResponse:
+        """The upstream's events, chunk by chunk; the request's place is freed when they end."""
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.aiter_bytes():  # decoded: the upstream may gzip
+                    yield chunk
+            except httpx.HTTPError as error:
+                failure = _transport_error(error, path)
+                yield f"\n\ndata: {json.dumps(failure.body())}\n\n".encode()
+                yield DONE.encode()
+            finally:
+                await response.aclose()
+                self.forwarded.release()
+
+        media = response.headers.get("content-type", "text/event-stream")
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **counts.headers()}
+        return StreamingResponse(relay(), response.status_code, headers=headers, media_type=media)
+
+    async def get_json(self, path: str) -> Any:
+        """GET ``path`` upstream: its JSON, or its error."""
+        try:
+            response = await self.client().get(self.base + path, headers=self.headers_for("application/json"))
         except httpx.HTTPError as error:
             raise _transport_error(error, path) from None
         if response.status_code >= 500:
@@ -379,28 +315,36 @@ def create_upstream_app(
             return Response(response.content, response.status_code, headers=_passed_headers(response))
         return JSONResponse(_upstream_json(response.content, path), response.status_code)
 
+
+def create_upstream_app(draft: nn.Module | None, tokenizer, settings: ServerSettings) -> FastAPI:
+    """The upstream-mode app; see :func:`draftwise.serve.app.create_app`."""
+    if draft is None:
+        raise ValueError("upstream mode needs a draft model to compress prompts with")
+    forwarder = Forwarder(draft, tokenizer, settings)
+    app = new_app("SpecPC in front of an OpenAI-compatible server", settings, forwarder.close)
+    app.state.forwarder = forwarder
     started = time.monotonic()
 
     @app.get("/health")
     async def health() -> dict:
         return {
             "status": "ok",
-            "model": upstream_model,
-            "running": compressor.running,
-            "waiting": compressor.waiting,
-            "forwarding": forwarded.count,
+            "model": settings.upstream_model,
+            "running": forwarder.pool.running,
+            "waiting": forwarder.pool.waiting,
+            "forwarding": forwarder.forwarded.count,
             "uptime_seconds": round(time.monotonic() - started, 1),
         }
 
     @app.get("/v1/models")
     async def models() -> Any:
-        return await get_json("/models")
+        return await forwarder.get_json("/models")
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> Any:
         """The upstream's card for ``model_id``, found in its list: no URL is built from the client's path."""
         check_model_id(model_id)
-        listing = await get_json("/models")
+        listing = await forwarder.get_json("/models")
         if not isinstance(listing, JSONResponse):
             return listing
         cards = json.loads(listing.body).get("data")
@@ -411,10 +355,10 @@ def create_upstream_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-        return await forward(request, body, "/chat/completions")
+        return await forwarder.forward(request, body, "/chat/completions")
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        return await forward(request, body, "/completions")
+        return await forwarder.forward(request, body, "/completions")
 
     return app

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from torch import nn
 from draftwise.decoding import stop_token_ids
 from draftwise.generate import GenerationResult, GenerationStats, generate
 from draftwise.methods import Method
-from draftwise.serve.admission import Admission
+from draftwise.serve.admission import WorkerPool
 from draftwise.serve.text import TextStream
 
 
@@ -83,6 +82,13 @@ class Generation:
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
+
+    def start_or_skip(self) -> bool:
+        """Called when a thread is free: ``True`` (skip) if cancelled meanwhile, else marks it started."""
+        if self.cancelled:
+            return True
+        self.started = True
+        return False
 
     def _emit(self, event: Event) -> None:
         try:
@@ -168,7 +174,8 @@ class ModelLock:
 
 
 class Engine:
-    """Runs at most ``max_concurrency`` generations at once and admits at most ``max_queue`` more.
+    """The models and the :class:`~draftwise.serve.admission.WorkerPool` their generations run in: at
+    most ``max_concurrency`` at once, and at most ``max_queue`` more admitted.
 
     A request is admitted (:meth:`admit`, :class:`~draftwise.serve.admission.Busy` if full) before its
     prompt is read, then :meth:`submit` takes over its admission, or :meth:`release` returns it."""
@@ -176,32 +183,30 @@ class Engine:
     def __init__(
         self, target: nn.Module, draft: nn.Module | None, tokenizer, max_concurrency: int, max_queue: int
     ) -> None:
-        if max_concurrency < 1 or max_queue < 0:
-            raise ValueError(
-                f"need max_concurrency >= 1 and max_queue >= 0, got {max_concurrency}, {max_queue}"
-            )
         self.target, self.draft, self.tokenizer = target, draft, tokenizer
         self.eos_ids = stop_token_ids(tokenizer, target)
-        self.max_concurrency, self.max_queue = max_concurrency, max_queue
-        self.admission = Admission(max_concurrency + max_queue, "requests running or waiting")
-        self.running = 0
-        self._slots = asyncio.Semaphore(max_concurrency)
-        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="draftwise-generate")
+        self.pool = WorkerPool(
+            max_concurrency, max_queue, "requests running or waiting", "draftwise-generate"
+        )
         self.lock = ModelLock()
         self._tasks: set[asyncio.Task] = set()
         self._generations: set[Generation] = set()
 
-    @property
-    def waiting(self) -> int:
-        return self.admission.count - self.running
-
     def admit(self) -> None:
-        """Take a place (running or waiting); :class:`Busy` if there is none."""
-        self.admission.admit()
+        """Take a place (running or waiting); :class:`~draftwise.serve.admission.Busy` if none."""
+        self.pool.admit()
 
     def release(self) -> None:
         """Give back a place taken by :meth:`admit` for a request that will not be submitted."""
-        self.admission.release()
+        self.pool.release()
+
+    @property
+    def running(self) -> int:
+        return self.pool.running
+
+    @property
+    def waiting(self) -> int:
+        return self.pool.waiting
 
     def submit(self, job: Job) -> Generation:
         """Start an admitted ``job`` as soon as a slot is free; its place is freed when it ends."""
@@ -215,24 +220,15 @@ class Engine:
     async def _run(self, generation: Generation) -> None:
         self._generations.add(generation)
         try:
-            async with self._slots:
-                if generation.cancelled:
-                    return
-                generation.started = True
-                self.running += 1
-                try:
-                    await asyncio.get_running_loop().run_in_executor(self._pool, generation.run)
-                finally:
-                    self.running -= 1
+            await self.pool.run(generation.run, skip=generation.start_or_skip)
         except asyncio.CancelledError:
             generation.cancel()
             raise
         finally:
-            self.admission.release()
             self._generations.discard(generation)
 
     def close(self) -> None:
         """Cancel every generation and stop the threads (at their next token)."""
         for generation in list(self._generations):
             generation.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.close()
