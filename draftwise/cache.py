@@ -57,13 +57,6 @@ class SlidingSnapshot:
             layer.keys, layer.values, layer.cumulative_length = keys, values, length
 
 
-def truncate(cache: DynamicCache, layer: int, length: int) -> None:
-    """Keep the first ``length`` positions of a full-attention layer."""
-    state = cache.layers[layer]
-    state.keys = state.keys[:, :, :length]
-    state.values = state.values[:, :, :length]
-
-
 def cache_bytes(cache: DynamicCache) -> int:
     """Bytes of K and V the cache holds now."""
     total = 0

@@ -16,7 +16,6 @@ from draftwise.cache import (
     is_sliding,
     keep_positions,
     prunable_layers,
-    truncate,
 )
 from draftwise.methods.base import KVMethod
 from draftwise.sparse import SparsePrefill
@@ -176,7 +175,6 @@ def prune(
         scores = method.layer_scores(modules[layer], seen, keys, values, positions, prefix)
         chosen, valid = method.select(scores, method.layer_budget(index, len(layers)) - method.window)
         window = torch.arange(prefix, n, device=chosen.device).expand(*chosen.shape[:2], -1)
-        truncate(cache, layer, n)
         keep_positions(cache, layer, torch.cat([chosen, window], dim=-1))
         if valid is not None:
             masks[layer] = torch.cat([valid, torch.ones_like(window, dtype=torch.bool)], dim=-1)

@@ -6,8 +6,16 @@ import pytest
 import torch
 from helpers import ARCHITECTURES, random_ids, tiny_model
 from transformers import DynamicCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from draftwise.attention import QueryRecorder, attention_modules, attention_rows
+from draftwise.attention import (
+    _OVERRIDES,
+    AttentionOverride,
+    QueryRecorder,
+    _dispatch_override,
+    attention_modules,
+    attention_rows,
+)
 from draftwise.cache import prunable_layers
 
 
@@ -70,3 +78,46 @@ def test_recorder_ignores_another_threads_forward_caught_mid_registration():
         thread.join()
     assert errors == []
     assert not recorder._chunks  # another thread's queries are not recorded
+
+
+class _Recording(AttentionOverride):
+    """An override that records what each call received, then runs ``sdpa`` attention."""
+
+    implementation = "draftwise_test_recording"
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.masks: list = []
+
+    def attention(self, module, query, key, value, attention_mask, **kwargs):
+        self.masks.append(attention_mask)
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+
+
+def test_an_override_lasts_exactly_its_with_block():
+    target = tiny_model("qwen2", attn="sdpa")
+    ids = torch.tensor([random_ids(6)])
+    expected = target(ids).logits
+    override = _Recording(target)
+    with override:
+        assert target.config._attn_implementation == override.implementation
+        assert torch.allclose(target(ids).logits, expected, atol=1e-5)
+    assert len(override.masks) == target.config.num_hidden_layers
+    assert target.config._attn_implementation == "sdpa"
+    assert id(target.config) not in _OVERRIDES  # nothing left behind for a later model's config
+
+
+def test_the_dispatch_passes_the_models_mask_and_refuses_outside_a_block():
+    target = tiny_model("qwen2")
+    module = attention_modules(target)[0]
+    query = torch.zeros(1, target.config.num_attention_heads, 2, 8)
+    key = torch.zeros(1, target.config.num_key_value_heads, 2, 8)
+    mask = torch.tensor([[[[0.0, -1e9], [0.0, 0.0]]]])
+    override = _Recording(target)
+    with override:
+        _dispatch_override(module, query, key, key, mask, scaling=1.0, dropout=0.0)
+    assert override.masks[0] is mask
+    with pytest.raises(
+        RuntimeError, match="^a draftwise attention override was called outside its `with` block$"
+    ):
+        _dispatch_override(module, query, key, key, mask, scaling=1.0, dropout=0.0)
