@@ -58,7 +58,7 @@ EOF
 fi
 
 default_modules="draftwise/methods/*.py draftwise/scoring.py draftwise/prefill.py draftwise/cache.py \
-draftwise/prompt.py draftwise/mapping.py draftwise/sparse.py draftwise/decoding.py draftwise/attention.py \
+draftwise/token_selection.py draftwise/text_compression.py draftwise/mapping.py draftwise/sparse.py draftwise/decoding.py draftwise/attention.py \
 draftwise/headmask.py"
 modules="${MUTATE:-$default_modules}"
 tests="tests/test_references.py tests/test_forced_exactness.py tests/test_exactness.py \

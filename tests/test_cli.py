@@ -97,17 +97,17 @@ def test_compress_reads_stdin_and_writes_the_kept_text(model_dirs, monkeypatch, 
 
 
 def test_dtype_option_loads_both_models_in_that_dtype(model_dirs, monkeypatch):
-    from draftwise import cli
+    from draftwise import commands
 
     loaded = {}
-    real_load = cli._load
+    real_load = commands._load
 
     def spy(args):
         target, draft, tokenizer, draft_tokenizer = real_load(args)
         loaded.update(target=target.dtype, draft=draft.dtype)
         return target, draft, tokenizer, draft_tokenizer
 
-    monkeypatch.setattr(cli, "_load", spy)
+    monkeypatch.setattr(commands, "_load", spy)
     argv = ["generate", "--target", model_dirs["target"], "--draft", model_dirs["draft"], "--question", "w7"]
     argv += ["--max-new-tokens", "2", "--json"]
     assert main([*argv, "--dtype", "bfloat16"]) == 0

@@ -149,7 +149,9 @@ def test_render_continues_an_assistant_answer(tokenizers, name):
 
 
 def test_ruler_harness_with_a_draft_of_another_tokenizer(cross_pair, tmp_path):
-    from draftwise.bench.harness import build_entries, read_records, run_ruler
+    from draftwise.bench.entries import build_entries
+    from draftwise.bench.harness import run_ruler
+    from draftwise.bench.records import read_records
 
     target, tokenizer, draft, draft_tokenizer = cross_pair
     entries = build_entries(["full", "speckv", "specpc"], [64], [256])

@@ -9,8 +9,11 @@ import torch
 from helpers import tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from draftwise.bench.harness import build_entries, read_records, run_ruler, summarize, summary_markdown
+from draftwise.bench.entries import build_entries
+from draftwise.bench.harness import run_ruler
 from draftwise.bench.plot import plot_results
+from draftwise.bench.records import read_records
+from draftwise.bench.summary import summarize, summary_markdown
 from draftwise.cli import main
 from draftwise.methods import AdaKV, Full, SnapKV, SpecKVPC, SpecPC
 from draftwise.models import resolve

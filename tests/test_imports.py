@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "draftwise"
 # Imports of draftwise modules inside a function, each for a reason other than a cycle: the heavy web
 # stack and matplotlib load only for the commands that use them.
 DEFERRED = {
-    ("draftwise.cli", "draftwise.bench.plot"): "matplotlib, only for `draftwise plot`",
+    ("draftwise.commands", "draftwise.bench.plot"): "matplotlib, only for `draftwise plot`",
     ("draftwise.serve.main", "draftwise.serve.app"): "FastAPI, only when serving",
     ("draftwise.serve.main", "draftwise.serve.http"): "uvicorn, only when serving",
     ("draftwise.serve.main", "draftwise.serve.jobs"): "pydantic schemas, only when serving",

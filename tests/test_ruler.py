@@ -9,6 +9,8 @@ import pytest
 from helpers import real_models_enabled
 
 from draftwise.bench import ruler
+from draftwise.bench.ruler import data as ruler_data
+from draftwise.bench.ruler import generators as ruler_generators
 
 LENGTH = 2048  # qa_2 needs its 10 HotpotQA documents: about 1.3k tokens
 SAMPLES = 2
@@ -113,7 +115,7 @@ def test_fwe_answers_are_the_most_frequent_coded_words(generated):
 def test_qa_gold_documents_are_in_the_prompt(generated):
     for s in generated["qa_1"]:
         assert any(a in s.prompt for a in s.answers)
-    qas, docs = ruler._qa_data("hotpotqa")
+    qas, docs = ruler_data.qa_data("hotpotqa")
     for s in generated["qa_2"]:
         qa = qas[s.index]
         assert s.prompt.endswith(f"Question: {qa['query']}") and s.answers == qa["outputs"]
@@ -144,12 +146,12 @@ def test_fit_finds_the_largest_fitting_size():
         calls.append(n)
         return 100 + 3 * n + n % 2, None
 
-    n, tokens, _ = ruler._fit(measure, 10_000, 0, 10**6)
+    n, tokens, _ = ruler_generators._fit(measure, 10_000, 0, 10**6)
     assert len(calls) <= 12, calls  # extrapolate, then interpolate: no long bisection
     assert (n, tokens) == (3300, 10_000) and measure(3301)[0] > 10_000
-    assert ruler._fit(measure, 10**9, 0, 50)[0] == 50
+    assert ruler_generators._fit(measure, 10**9, 0, 50)[0] == 50
     with pytest.raises(ValueError):
-        ruler._fit(measure, 50, 0, 10)
+        ruler_generators._fit(measure, 50, 0, 10)
 
 
 def test_split_sentences():

@@ -6,7 +6,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from draftwise.bench.harness import read_records, summarize
+from draftwise.bench.records import read_records
+from draftwise.bench.summary import summarize
 
 MARKERS = "osD^vP*Xh<>p"
 
