@@ -1,7 +1,7 @@
 """Decode cost per KV method: milliseconds per generated token from each method's pruned cache.
 
-One needle prompt, pre-filled once (``draftwise.reuse.Reuse``); each method prunes its own copy,
-then decodes exactly ``--steps`` tokens (no early stop), timed. Full's cache holds the whole
+One needle prompt, pre-filled once (``draftwise.shared_prefill.SharedPrefill``); each method prunes
+its own copy, then decodes exactly ``--steps`` tokens (no early stop), timed. Full's cache holds the whole
 prompt; SnapKV, PyramidKV and StreamingLLM hold ``budget`` pairs per head (PyramidKV unequally per
 layer); AdaKV pads unequal heads and masks the padding. Usage (after scripts/setup.sh):
 
@@ -20,7 +20,7 @@ from draftwise.generate import encode
 from draftwise.methods import build_method
 from draftwise.models import load_model
 from draftwise.options import ModelOptions, add_arguments
-from draftwise.reuse import Reuse
+from draftwise.shared_prefill import SharedPrefill
 from draftwise.timing import machine as describe_machine
 from draftwise.timing import now
 
@@ -44,23 +44,25 @@ def main() -> None:
     for name in args.methods.split(","):
         budgets = [None] if name == "full" else [int(b) for b in args.budgets.split(",")]
         methods += [(name if b is None else f"{name}@{b}", build_method(name, budget=b)) for b in budgets]
-    reuse = Reuse(last=max([m.observed(n) for label, m in methods if label != "full"], default=0))
+    reuse = SharedPrefill(
+        observed_queries=max([m.observed_queries(n) for label, m in methods if label != "full"], default=0)
+    )
 
     rows = []
     for i, (label, method) in enumerate(methods):
         print(f"{label} ...", file=sys.stderr, flush=True)
         kv_method = None if label == "full" else method
-        filled, _ = reuse.prefill(target, ids, kv_method, None)
+        prefilled, _ = reuse.prefill(target, ids, kv_method, None)
         if i == 0:  # warm-up on a copy of the first cache: first-call set-up is not timed
             warm, _ = reuse.prefill(target, ids, kv_method, None)
             decode(target, warm.cache, warm.logits, n, 2, valid=warm.valid)
             del warm
-        kept = filled.cache.layers[0].keys.shape[2]
+        kept = prefilled.cache.layers[0].keys.shape[2]
         start = now()
-        out = decode(target, filled.cache, filled.logits, n, args.steps, valid=filled.valid)
+        out = decode(target, prefilled.cache, prefilled.logits, n, args.steps, valid=prefilled.valid)
         seconds = now() - start
         rows.append((label, kept, 1000 * seconds / (out.shape[1] - 1)))  # the first token is pre-fill's
-        del filled
+        del prefilled
     base = rows[0][2]
     lines = ["| method | cache length (layer 0) | decode ms/token | ratio to first row |"]
     lines += ["| --- | --- | --- | --- |"]

@@ -69,12 +69,12 @@ def main() -> None:
             times = []
             for _ in range(args.repeats):
                 start = time.perf_counter()
-                filled = prefill(target, ids, method, guess)
+                prefilled = prefill(target, ids, method, guess)
                 if cuda:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
-                top = int(filled.logits.argmax())
-                del filled
+                top = int(prefilled.logits.argmax())
+                del prefilled
             seconds = statistics.median(times)
             baseline = baseline or (seconds, top)
             memory = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()

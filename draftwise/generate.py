@@ -14,8 +14,8 @@ from draftwise.decoding import Sampler, decode, stop_token_ids
 from draftwise.mapping import same_tokenizer, tokenize
 from draftwise.methods import Full, Method
 from draftwise.prefill import prefill
-from draftwise.readers import OwnTokens, SharedTokens
-from draftwise.reuse import Reuse
+from draftwise.readers import OwnTokenizerReader, SameTokenizerReader
+from draftwise.shared_prefill import SharedPrefill
 from draftwise.timing import now
 
 Prompt = str | Sequence[dict] | Sequence[int] | torch.Tensor
@@ -101,7 +101,7 @@ def generate(
     top_p: float = 1.0,
     seed: int | None = None,
     on_token: Callable[[int], bool | None] | None = None,
-    reuse: Reuse | None = None,
+    reuse: SharedPrefill | None = None,
     draft_tokenizer=None,
 ) -> GenerationResult:
     """Generate an answer to ``prompt`` with ``target``, compressed by ``method`` with ``draft``'s help.
@@ -120,9 +120,9 @@ def generate(
         on_token: called with each new token id as soon as it is chosen, for streaming; returning
             ``True`` ends generation after that token (a stop string), and an exception it raises (a
             client went away) stops generation and propagates.
-        reuse: a :class:`~draftwise.reuse.Reuse` shared by calls on the same prompt (benchmarks): the
-            target's plain pre-fill and the draft's lookaheads are computed once; answers are
-            unchanged, and each call's seconds still include the shared work.
+        reuse: a :class:`~draftwise.shared_prefill.SharedPrefill` shared by calls on the same prompt
+            (benchmarks): the target's plain pre-fill and the draft's lookaheads are computed once;
+            answers are unchanged, and each call's seconds still include the shared work.
         draft_tokenizer: the draft's tokenizer, when it is not the target's. The draft then reads the
             prompt (text or messages) in its own format; SpecPC's scores reach the target's tokens
             through the characters they cover, and SpecKV's lookahead through its text.
@@ -141,7 +141,7 @@ def generate(
     need = check_method(method, target, n, max_new_tokens)
     compresses = method.compresses(n)
     stops = stop_token_ids(tokenizer, target)
-    reader: SharedTokens | OwnTokens = SharedTokens(draft, input_ids, stops, reuse)
+    reader: SameTokenizerReader | OwnTokenizerReader = SameTokenizerReader(draft, input_ids, stops, reuse)
     if method.needs_draft and compresses:
         if draft is None:
             raise ValueError(f"{method.name} needs a draft model; pass draft=...")
@@ -149,7 +149,7 @@ def generate(
         if draft_tokenizer is not None and not same_tokenizer(tokenizer, draft_tokenizer):
             if not (isinstance(prompt, str) or is_messages(prompt)):
                 raise ValueError("a draft with another tokenizer needs the prompt as text or chat messages")
-            reader = OwnTokens(draft, draft_tokenizer, tokenizer, prompt)
+            reader = OwnTokenizerReader(draft, draft_tokenizer, tokenizer, prompt)
         else:
             check_same_vocabulary(target, draft)
         check_draft_room(draft, reader.length, need)
@@ -158,9 +158,10 @@ def generate(
     kept_ids, lookahead_ids, draft_seconds = input_ids, None, 0.0
     prompt_stage, kv_stage = method.prompt_stage(), method.kv_stage()
     if prompt_stage is not None and prompt_stage.compresses(n):
-        compressed, draft_seconds = reader.compress(prompt_stage)
-        kept_ids, lookahead_ids = input_ids[:, compressed.positions], compressed.lookahead_ids
-    shared = reuse if reuse is not None and kept_ids is input_ids else None
+        kept, draft_seconds = reader.keep_tokens(prompt_stage)
+        kept_ids, lookahead_ids = input_ids[:, kept.positions], kept.lookahead_ids
+    # the shared pre-fill is of the whole prompt: a prompt method's shorter one is its own
+    shared_prefill = reuse if reuse is not None and kept_ids is input_ids else None
     if kv_stage is not None and kv_stage.compresses(kept_ids.shape[1]):
         steps = kv_stage.lookahead_length(max_new_tokens)
         if steps and lookahead_ids is None:
@@ -169,30 +170,30 @@ def generate(
         lookahead_ids = lookahead_ids if steps else None
         taken = 0 if lookahead_ids is None else lookahead_ids.shape[1]
         sparse = kv_stage.sparse_for(kept_ids.shape[1] + taken)
-        if shared is not None and not sparse:
-            filled, prefill_seconds = shared.prefill(target, kept_ids, kv_stage, lookahead_ids)
+        if shared_prefill is not None and not sparse:
+            prefilled, prefill_seconds = shared_prefill.prefill(target, kept_ids, kv_stage, lookahead_ids)
         else:
-            filled, prefill_seconds = _timed(prefill, target, kept_ids, kv_stage, lookahead_ids)
-    elif shared is not None:
-        filled, prefill_seconds = shared.prefill(target, kept_ids, None, None)
+            prefilled, prefill_seconds = _timed(prefill, target, kept_ids, kv_stage, lookahead_ids)
+    elif shared_prefill is not None:
+        prefilled, prefill_seconds = shared_prefill.prefill(target, kept_ids, None, None)
     else:
-        filled, prefill_seconds = _timed(prefill, target, kept_ids)
-    kv_bytes = cache_bytes(filled.cache)
-    kv_pairs = kept_per_head(filled.cache, filled.valid)
+        prefilled, prefill_seconds = _timed(prefill, target, kept_ids)
+    kv_bytes = cache_bytes(prefilled.cache)
+    kv_pairs = kept_per_head(prefilled.cache, prefilled.valid)
     # With `reuse`, the shared pre-fill and lookahead ran before `start`; their seconds count as if alone.
     time_to_first_token = max(now() - start, draft_seconds + prefill_seconds)
 
     tokens, decode_seconds = _timed(
         decode,
         target,
-        filled.cache,
-        filled.logits,
+        prefilled.cache,
+        prefilled.logits,
         kept_ids.shape[1],
         max_new_tokens,
         sampler,
         stops,
         on_token=on_token,
-        valid=filled.valid,
+        valid=prefilled.valid,
     )
     token_ids = tokens[0].tolist()
     stats = GenerationStats(
@@ -201,7 +202,7 @@ def generate(
         prompt_tokens_kept=kept_ids.shape[1],
         kv_pairs_kept=kv_pairs,
         kv_bytes=kv_bytes,
-        kv_bytes_full=full_cache_bytes(filled.cache, n),
+        kv_bytes_full=full_cache_bytes(prefilled.cache, n),
         lookahead_tokens=0 if lookahead_ids is None else lookahead_ids.shape[1],
         new_tokens=len(token_ids),
         draft_seconds=draft_seconds,

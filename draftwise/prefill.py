@@ -48,18 +48,18 @@ class Observed:
 
 
 @torch.no_grad()
-def observe(target: nn.Module, input_ids: torch.Tensor, last: int) -> Observed:
-    """Pre-fill ``input_ids`` ``[1, n]``, recording the queries of its ``last`` positions."""
+def observe(target: nn.Module, input_ids: torch.Tensor, queries: int) -> Observed:
+    """Pre-fill ``input_ids`` ``[1, n]``, recording the queries of its last ``queries`` positions."""
     input_ids = input_ids.to(target.device)
     cache = DynamicCache(config=target.config)
-    with QueryRecorder(target, last=last) as recorder:
+    with QueryRecorder(target, last=queries) as recorder:
         out = target(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    queries = {m.layer_idx: recorder.queries(m.layer_idx) for m in recorder.modules} if last else {}
-    return Observed(cache, out.logits[:, -1], queries, input_ids.shape[1])
+    recorded = {m.layer_idx: recorder.queries(m.layer_idx) for m in recorder.modules} if queries else {}
+    return Observed(cache, out.logits[:, -1], recorded, input_ids.shape[1])
 
 
 @torch.no_grad()
-def compress(
+def prune_observed(
     target: nn.Module,
     observed: Observed,
     method: KVMethod | None,
@@ -75,7 +75,7 @@ def compress(
     if method is not None:
         if method.window > n:
             raise ValueError(f"window ({method.window}) is larger than the prompt ({n} tokens)")
-        last = method.observed(n)
+        last = method.observed_queries(n)
         queries = (
             {layer: q[:, :, q.shape[2] - last :] for layer, q in observed.queries.items()} if last else {}
         )
@@ -106,8 +106,8 @@ def prefill(
     steps = lookahead_ids.shape[1] if lookahead_ids is not None else 0
     if method is not None and method.sparse_for(n + steps):
         return prefill_sparse(target, input_ids.to(target.device), method, lookahead_ids)
-    observed = observe(target, input_ids, method.observed(n) if method is not None else 0)
-    return compress(target, observed, method, lookahead_ids, copy=False)
+    observed = observe(target, input_ids, method.observed_queries(n) if method is not None else 0)
+    return prune_observed(target, observed, method, lookahead_ids, copy=False)
 
 
 def prefill_sparse(
@@ -164,7 +164,7 @@ def prune(
     ``[B, G, L]`` of their padded cache."""
     modules = attention_modules(target)
     prefix = n - method.window
-    first_observed = n - method.observed(n)
+    first_observed = n - method.observed_queries(n)
     layers = prunable_layers(cache)
     masks: dict[int, torch.Tensor] = {}
     for index, layer in enumerate(layers):

@@ -14,16 +14,20 @@ from torch import nn
 from draftwise.decoding import stop_token_ids
 from draftwise.draft import lookahead
 from draftwise.mapping import Rendered, render, transfer_scores, translate
-from draftwise.methods.base import CompressedPrompt, PromptMethod
-from draftwise.reuse import Reuse
+from draftwise.methods.base import KeptTokens, PromptMethod
+from draftwise.shared_prefill import SharedPrefill
 from draftwise.timing import now
 
 
-class SharedTokens:
+class SameTokenizerReader:
     """A draft that reads the target's token ids ``[1, n]`` (the same tokenizer)."""
 
     def __init__(
-        self, draft: nn.Module | None, input_ids: torch.Tensor, stop_ids: Iterable[int], reuse: Reuse | None
+        self,
+        draft: nn.Module | None,
+        input_ids: torch.Tensor,
+        stop_ids: Iterable[int],
+        reuse: SharedPrefill | None,
     ) -> None:
         self.draft, self.input_ids, self.stop_ids, self.reuse = draft, input_ids, set(stop_ids), reuse
 
@@ -31,10 +35,10 @@ class SharedTokens:
     def length(self) -> int:
         return self.input_ids.shape[1]
 
-    def compress(self, method: PromptMethod) -> tuple[CompressedPrompt, float]:
+    def keep_tokens(self, method: PromptMethod) -> tuple[KeptTokens, float]:
         start = now()
-        compressed = method.compress(self.draft, self.input_ids, self.stop_ids)
-        return compressed, now() - start
+        kept = method.keep_tokens(self.draft, self.input_ids, self.stop_ids)
+        return kept, now() - start
 
     def lookahead(self, steps: int) -> tuple[torch.Tensor | None, float]:
         if self.reuse is not None:
@@ -44,7 +48,7 @@ class SharedTokens:
         return ids, now() - start
 
 
-class OwnTokens:
+class OwnTokenizerReader:
     """A draft with its own tokenizer, reading the prompt its own way (see :mod:`draftwise.mapping`)."""
 
     def __init__(self, draft: nn.Module, draft_tokenizer, tokenizer, prompt) -> None:
@@ -57,7 +61,7 @@ class OwnTokens:
     def length(self) -> int:
         return self.draft_view.ids.shape[1]
 
-    def compress(self, method: PromptMethod) -> tuple[CompressedPrompt, float]:
+    def keep_tokens(self, method: PromptMethod) -> tuple[KeptTokens, float]:
         """The draft's token scores (SpecPC's, Perplexity's) carried to the target's tokens, where the
         method chooses (budget and window count target tokens); a lookahead comes back re-tokenized."""
         start = now()
@@ -69,7 +73,7 @@ class OwnTokens:
         positions = method.choose(target_scores)
         if guess is not None:
             guess = translate(guess, self.draft_tokenizer, self.tokenizer)
-        return CompressedPrompt(positions, guess, target_scores), now() - start
+        return KeptTokens(positions, guess, target_scores), now() - start
 
     def lookahead(self, steps: int) -> tuple[torch.Tensor | None, float]:
         """The draft's lookahead as the target's tokens ``[1, m]``, re-tokenized from its text."""

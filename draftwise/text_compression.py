@@ -48,6 +48,6 @@ def compress_text(
     check_memory(peak_bytes(None, draft, need, n), max_bytes, n, need)
     if not method.compresses(n):
         return CompressedText(text, n, n)
-    compressed = method.compress(draft, ids, stop_token_ids(tokenizer, draft))
-    kept = ids[0, compressed.positions].tolist()
+    positions = method.keep_tokens(draft, ids, stop_token_ids(tokenizer, draft)).positions
+    kept = ids[0, positions].tolist()
     return CompressedText(tokenizer.decode(kept), n, len(kept))

@@ -63,7 +63,7 @@ draftwise/headmask.py"
 modules="${MUTATE:-$default_modules}"
 tests="tests/test_references.py tests/test_forced_exactness.py tests/test_exactness.py \
 tests/test_selection.py tests/test_baselines.py tests/test_adakv.py tests/test_sparse.py \
-tests/test_cross_tokenizer.py tests/test_positions.py tests/test_reuse.py tests/test_sampling.py \
+tests/test_cross_tokenizer.py tests/test_positions.py tests/test_shared_prefill.py tests/test_sampling.py \
 tests/test_attention.py tests/test_self_draft.py tests/test_errors.py tests/test_scoring_helpers.py \
 tests/test_mapping.py tests/test_compress_text.py tests/test_cache.py tests/test_decoding.py"
 to_list() { printf '"%s", ' "$@" | sed 's/, $//'; }

@@ -164,15 +164,15 @@ def test_specpc_needs_a_draft_with_a_full_attention_layer():
 
 def test_head_tail_and_random_drop_choose_as_documented():
     ids = torch.arange(100)[None]
-    out = HeadTail(budget=20, window=4, head=0.5).compress(None, ids)
+    out = HeadTail(budget=20, window=4, head=0.5).keep_tokens(None, ids)
     assert out.positions.tolist() == list(range(8)) + list(range(88, 100))
     assert out.scores.dtype == torch.float32
     assert out.scores.shape == (100,) and out.scores[:8].min() > out.scores[8:].max(), "the head ranks first"
-    first = RandomDrop(budget=20, window=4, seed=1).compress(None, ids).positions
-    again = RandomDrop(budget=20, window=4, seed=1).compress(None, ids).positions
-    other = RandomDrop(budget=20, window=4, seed=2).compress(None, ids).positions
+    first = RandomDrop(budget=20, window=4, seed=1).keep_tokens(None, ids).positions
+    again = RandomDrop(budget=20, window=4, seed=1).keep_tokens(None, ids).positions
+    other = RandomDrop(budget=20, window=4, seed=2).keep_tokens(None, ids).positions
     assert torch.equal(first, again) and not torch.equal(first, other)
-    drawn = RandomDrop(budget=20, window=4, seed=1).compress(None, ids).scores
+    drawn = RandomDrop(budget=20, window=4, seed=1).keep_tokens(None, ids).scores
     assert drawn.shape == (100,) and set(first[:16].tolist()) == set(drawn[:96].topk(16).indices.tolist())
     assert len(first) == 20 and set(range(96, 100)) <= set(first.tolist())
 
@@ -189,7 +189,7 @@ def test_perplexity_keeps_the_most_surprising_tokens(n):
     assert scores[0] == float("inf")
     for block in (1, 7, n - 1, n):  # the LM head a block at a time gives the same values
         torch.testing.assert_close(surprisal(draft, ids, block=block), scores, rtol=1e-5, atol=1e-5)
-    kept = Perplexity(budget=12, window=4).compress(draft, ids).positions.tolist()
+    kept = Perplexity(budget=12, window=4).keep_tokens(draft, ids).positions.tolist()
     assert kept[0] == 0 and kept[-4:] == list(range(n - 4, n))
     best = set(torch.topk(scores[1 : n - 4], 7).indices.add(1).tolist())
     assert best == set(kept[1:-4])
@@ -230,10 +230,10 @@ def test_a_prompt_methods_compress_stops_the_drafts_lookahead_and_returns_its_sc
     draft = tiny_model("llama", seed=3)
     ids = torch.tensor([random_ids(40, seed=12)])
     method = SpecPC(budget=16, window=4, lookahead=6)
-    free = method.compress(draft, ids)
+    free = method.keep_tokens(draft, ids)
     assert free.lookahead_ids.shape == (1, 6)
     second = free.lookahead_ids[0, 1].item()
-    stopped = method.compress(draft, ids, stop_ids=[second])
+    stopped = method.keep_tokens(draft, ids, stop_ids=[second])
     assert stopped.lookahead_ids.shape[1] < 6, "the lookahead ends at a stop token"
     scores, lookahead_ids = method.token_scores(draft, ids, [second])
     torch.testing.assert_close(stopped.scores, scores)

@@ -25,7 +25,7 @@ def test_the_kept_text_is_the_methods_choice_in_order(draft):
     out = compress_text(draft, tokenizer, TEXT, METHOD)
     assert (out.tokens, out.tokens_kept) == (120, 40)
     ids = torch.tensor([tokenizer(TEXT, add_special_tokens=False).input_ids])
-    chosen = METHOD.compress(draft, ids, {1}).positions
+    chosen = METHOD.keep_tokens(draft, ids, {1}).positions
     assert out.text == tokenizer.decode(ids[0, chosen].tolist())
     words = TEXT.split()
     assert out.text.split()[-8:] == words[-8:], "the window (the question) is kept"
@@ -37,9 +37,9 @@ def test_the_drafts_lookahead_ends_at_the_tokenizers_end_of_sequence(draft):
     method = SpecPC(budget=40, window=8, kernel=5, neighbourhood=4, first_layer=1, lookahead=4)
     tokenizer = tiny_tokenizer()
     ids = torch.tensor([tokenizer(TEXT, add_special_tokens=False).input_ids])
-    first = method.compress(draft, ids).lookahead_ids[0, 0].item()
-    stopped = method.compress(draft, ids, {first}).positions
-    assert not torch.equal(stopped, method.compress(draft, ids).positions), "the stop changes the choice"
+    first = method.keep_tokens(draft, ids).lookahead_ids[0, 0].item()
+    stopped = method.keep_tokens(draft, ids, {first}).positions
+    assert not torch.equal(stopped, method.keep_tokens(draft, ids).positions), "the stop changes the choice"
     tokenizer.eos_token = f"w{first}"
     assert compress_text(draft, tokenizer, TEXT, method).text == tokenizer.decode(ids[0, stopped].tolist())
 

@@ -18,7 +18,7 @@ from helpers import real_models_enabled
 
 from draftwise import Full, HeadTail, RandomDrop, SnapKV, SpecKV, SpecPC, generate, load_model
 from draftwise.bench.ruler import generate_task, prompt_ids, prompt_messages
-from draftwise.reuse import Reuse
+from draftwise.shared_prefill import SharedPrefill
 
 pytestmark = [
     pytest.mark.real_model,
@@ -40,7 +40,7 @@ def uuid_case(real_pair):
 def test_speckv_answers_where_snapkv_at_the_same_budget_does_not(real_pair, uuid_case):
     target, draft, tokenizer = real_pair
     _, ids, answer = uuid_case
-    shared = Reuse(last=32)  # one pre-fill of the prompt for the three methods
+    shared = SharedPrefill(observed_queries=32)  # one pre-fill of the prompt for the three methods
 
     def run(method):
         return generate(target, draft, tokenizer, ids, method=method, max_new_tokens=NEW, reuse=shared)

@@ -116,7 +116,7 @@ def test_a_budget_below_the_window_says_why():
 
 @pytest.mark.parametrize("seed", [-(2**63), 2**64 - 1])
 def test_random_drop_takes_every_seed_torch_takes(seed):
-    kept = RandomDrop(budget=8, window=2, seed=seed).compress(None, torch.arange(20)[None]).positions
+    kept = RandomDrop(budget=8, window=2, seed=seed).keep_tokens(None, torch.arange(20)[None]).positions
     assert len(kept) == 8
 
 
@@ -195,7 +195,11 @@ def test_footprint_counts_the_lookahead():
     assert HeadTail(budget=64).footprint(300, 4) == Footprint(4, None), "compresses with no draft"
     assert Full().footprint(300, 4) == Footprint(4, None) and not Full().compresses(10**6)
     # The prompt's last queries each scorer reads: none for a key-only scorer.
-    assert [m.observed(300) for m in (KNorm(budget=64), SnapKV(budget=64), H2O(budget=64))] == [0, 32, 300]
+    assert [m.observed_queries(300) for m in (KNorm(budget=64), SnapKV(budget=64), H2O(budget=64))] == [
+        0,
+        32,
+        300,
+    ]
 
 
 def test_window_larger_than_prompt_in_low_level_calls(pair):

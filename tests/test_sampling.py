@@ -16,7 +16,7 @@ import torch
 from helpers import random_ids, tiny_model
 
 from draftwise import Full, generate
-from draftwise.reuse import Reuse
+from draftwise.shared_prefill import SharedPrefill
 
 PROMPT = random_ids(10, seed=21)
 
@@ -72,7 +72,9 @@ def next_logits(model, ids: list[int]) -> torch.Tensor:
 def test_first_token_follows_temperature_and_top_p(model, tokenizer, temperature, top_p):
     expected = nucleus_distribution(next_logits(model, PROMPT), temperature, top_p)
     assert (expected > 0).sum() >= 5, "the nucleus holds several tokens"
-    shared = Reuse(last=0)  # one pre-fill for all draws: each generation samples from its own copy
+    shared = SharedPrefill(
+        observed_queries=0
+    )  # one pre-fill for all draws: each generation samples from its own copy
     draws = 3000
     counts = Counter(
         generate(
@@ -103,7 +105,7 @@ def test_every_step_samples_with_temperature_and_top_p(model, tokenizer):
                 next_logits(model, PROMPT + [token]), temperature, top_p
             )
     mixture /= mixture.sum()
-    shared = Reuse(last=0)
+    shared = SharedPrefill(observed_queries=0)
     seconds = Counter()
     for seed in range(1500):
         out = generate(

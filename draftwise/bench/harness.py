@@ -2,8 +2,9 @@
 
 Records are appended as they come, so a killed run resumes where it stopped (finished
 ``(task, length, index, label)`` entries are skipped). Per prompt, the target's plain pre-fill and
-the draft's lookaheads are shared between KV methods through :class:`draftwise.reuse.Reuse`, which
-changes no answer; every record's seconds include the shared work, as if the method ran alone.
+the draft's lookaheads are shared between KV methods through
+:class:`draftwise.shared_prefill.SharedPrefill`, which changes no answer; every record's seconds
+include the shared work, as if the method ran alone.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from draftwise.bench.entries import Entry
 from draftwise.bench.records import make_record, read_records, record_key
 from draftwise.generate import generate
 from draftwise.mapping import render, same_tokenizer
-from draftwise.reuse import Reuse
+from draftwise.shared_prefill import SharedPrefill
 
 
 def _observed_queries(entries: list[Entry], n: int) -> int:
     """The most trailing queries a method that prunes the whole prompt's cache reads: one observed
-    pre-fill (:class:`~draftwise.reuse.Reuse`) serves them all."""
+    pre-fill (:class:`~draftwise.shared_prefill.SharedPrefill`) serves them all."""
     pruning = [e.method.kv_stage() for e in entries if e.method.prompt_stage() is None]
-    return max([stage.observed(n) for stage in pruning if stage is not None] + [0])
+    return max([stage.observed_queries(n) for stage in pruning if stage is not None] + [0])
 
 
 def run_ruler(
@@ -77,7 +78,7 @@ def run_ruler(
                     else:
                         ids = torch.tensor([ruler.prompt_ids(tokenizer, case.prompt, case.answer_prefix)])
                         prompt = ids
-                    shared = Reuse(last=_observed_queries(pending, ids.shape[1]))
+                    shared = SharedPrefill(observed_queries=_observed_queries(pending, ids.shape[1]))
                     for entry in pending:
                         bar.set_postfix_str(f"{task} {entry.label}")
                         result = generate(

@@ -203,14 +203,14 @@ class KVMethod(Budgeted):
         """How many draft tokens feed the scorer as extra queries (none unless overridden)."""
         return 0
 
-    def observed(self, prompt_length: int) -> int:
+    def observed_queries(self, prompt_length: int) -> int:
         """How many of the prompt's last queries the scorer reads (0 if it reads keys only)."""
         return self.window if self.uses_attention else 0
 
     def rows_at_once(self, prompt_length: int, lookahead: int) -> int:
         """How many query rows the scorer holds at once in one layer (the observed ones and the
         lookahead's; 0 if it reads keys only)."""
-        return self.observed(prompt_length) + lookahead if self.uses_attention else 0
+        return self.observed_queries(prompt_length) + lookahead if self.uses_attention else 0
 
     def footprint(self, prompt_length: int, max_new_tokens: int) -> Footprint:
         """The target also pre-fills the lookahead (for its queries) before dropping it."""
@@ -267,7 +267,7 @@ class KVMethod(Budgeted):
 
 
 @dataclass
-class CompressedPrompt:
+class KeptTokens:
     """The positions a prompt method kept, and SpecPC's lookahead (reusable as SpecKV's lookahead)."""
 
     positions: torch.Tensor  # [C] ascending positions into the original prompt
@@ -283,12 +283,12 @@ class PromptMethod(Budgeted):
     def prompt_stage(self) -> PromptMethod:
         return self
 
-    def compress(self, draft: nn.Module | None, input_ids: torch.Tensor, stop_ids: Iterable[int] = ()):
-        """The kept positions of ``input_ids`` ``[1, n]``, as a :class:`CompressedPrompt`:
+    def keep_tokens(self, draft: nn.Module | None, input_ids: torch.Tensor, stop_ids: Iterable[int] = ()):
+        """The kept positions of ``input_ids`` ``[1, n]``, as a :class:`KeptTokens`:
         by default the :meth:`choose` of the draft's :meth:`token_scores` (methods that need no draft
         override this)."""
         scores, lookahead_ids = self.token_scores(draft, input_ids, stop_ids)
-        return CompressedPrompt(self.choose(scores), lookahead_ids, scores)
+        return KeptTokens(self.choose(scores), lookahead_ids, scores)
 
     def token_scores(
         self, draft: nn.Module, input_ids: torch.Tensor, stop_ids: Iterable[int] = ()

@@ -33,7 +33,7 @@ class H2O(KVMethod):
         super().__post_init__()
         check_positive("block", self.block)
 
-    def observed(self, prompt_length: int) -> int:
+    def observed_queries(self, prompt_length: int) -> int:
         return prompt_length
 
     def rows_at_once(self, prompt_length: int, lookahead: int) -> int:

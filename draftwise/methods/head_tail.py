@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from draftwise.methods.base import CompressedPrompt, PromptMethod, check_share
+from draftwise.methods.base import KeptTokens, PromptMethod, check_share
 from draftwise.token_selection import select_tokens
 
 
@@ -26,10 +26,10 @@ class HeadTail(PromptMethod):
         super().__post_init__()
         check_share("head", self.head)
 
-    def compress(self, draft, input_ids, stop_ids=()):
+    def keep_tokens(self, draft, input_ids, stop_ids=()):
         n = input_ids.shape[1]
         first = int((self.budget - self.window) * self.head)
         position = torch.arange(n, dtype=torch.float32)
         # the head scores above everything, then later tokens above earlier ones
         scores = torch.where(position < first, position.new_tensor(float(2 * n)), position)
-        return CompressedPrompt(select_tokens(scores, self.budget, self.window), None, scores)
+        return KeptTokens(select_tokens(scores, self.budget, self.window), None, scores)

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from draftwise.methods.base import CompressedPrompt, OptionError, PromptMethod
+from draftwise.methods.base import KeptTokens, OptionError, PromptMethod
 from draftwise.token_selection import select_tokens
 
 
@@ -26,7 +26,7 @@ class RandomDrop(PromptMethod):
         if not -(2**63) <= self.seed < 2**64:
             raise OptionError("seed", f"seed must be in [-2**63, 2**64), got {self.seed}")
 
-    def compress(self, draft, input_ids, stop_ids=()):
+    def keep_tokens(self, draft, input_ids, stop_ids=()):
         generator = torch.Generator().manual_seed(self.seed)
         scores = torch.rand(input_ids.shape[1], generator=generator)
-        return CompressedPrompt(select_tokens(scores, self.budget, self.window), None, scores)
+        return KeptTokens(select_tokens(scores, self.budget, self.window), None, scores)

@@ -25,7 +25,7 @@ class TOVA(KVMethod):
     def uses_caote(self) -> bool:
         return self.caote
 
-    def observed(self, prompt_length: int) -> int:
+    def observed_queries(self, prompt_length: int) -> int:
         return 1
 
     def score(self, rows: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:

@@ -15,18 +15,20 @@ from torch import nn
 
 from draftwise.draft import lookahead
 from draftwise.methods.base import KVMethod
-from draftwise.prefill import Observed, Prefill, compress, observe
+from draftwise.prefill import Observed, Prefill, observe, prune_observed
 from draftwise.timing import now
 
 
-class Reuse:
-    """Shared work for one prompt: pass the same instance to each ``generate(..., reuse=...)`` call.
+class SharedPrefill:
+    """Shared work for one prompt (its plain pre-fill and the draft's lookaheads): pass the same
+    instance to each ``generate(..., reuse=...)`` call.
 
-    ``last`` is the most prompt queries any method will observe (e.g. its window; all ``n`` for H2O).
+    ``observed_queries`` is the most trailing prompt queries any method will observe (its window; all
+    ``n`` for H2O).
     """
 
-    def __init__(self, last: int) -> None:
-        self.last = last
+    def __init__(self, observed_queries: int) -> None:
+        self.observed_queries = observed_queries
         self._observed: Observed | None = None
         self._observe_seconds = 0.0
         self._lookaheads: dict[int, tuple[torch.Tensor, float]] = {}
@@ -51,15 +53,16 @@ class Reuse:
         """``method``'s pre-fill from a copy of the shared one, and its seconds (shared part included)."""
         if self._observed is None:
             start = now()
-            self._observed = observe(target, input_ids, self.last)
+            self._observed = observe(target, input_ids, self.observed_queries)
             self._observe_seconds = now() - start
         elif self._observed.prompt_length != input_ids.shape[1]:
-            raise ValueError("a Reuse serves one prompt; this one differs from the first")
+            raise ValueError("a shared pre-fill serves one prompt; this one differs from the first")
         n = input_ids.shape[1]
-        if method is not None and method.observed(n) > self.last:
+        if method is not None and method.observed_queries(n) > self.observed_queries:
             raise ValueError(
-                f"{method.name} observes {method.observed(n)} queries; Reuse recorded {self.last}"
+                f"{method.name} observes {method.observed_queries(n)} queries; "
+                f"the shared pre-fill recorded {self.observed_queries}"
             )
         start = now()
-        filled = compress(target, self._observed, method, lookahead_ids, copy=True)
-        return filled, self._observe_seconds + now() - start
+        prefilled = prune_observed(target, self._observed, method, lookahead_ids, copy=True)
+        return prefilled, self._observe_seconds + now() - start

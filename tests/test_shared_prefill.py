@@ -6,7 +6,7 @@ import pytest
 from helpers import random_ids, tiny_model
 
 from draftwise import H2O, TOVA, AdaKV, Full, KNorm, PyramidKV, SnapKV, SpecKV, SpecPC, generate
-from draftwise.reuse import Reuse
+from draftwise.shared_prefill import SharedPrefill
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "gemma3_text"])
@@ -27,7 +27,7 @@ def test_shared_prefill_changes_no_answer(arch, tokenizer):
         SpecPC(budget=40, window=8, first_layer=1, kernel=4, neighbourhood=4),
         SpecKV(budget=24, window=4, sparse_prefill=True, vertical=8, slash=8),
     ]
-    shared = Reuse(last=70)
+    shared = SharedPrefill(observed_queries=70)
     for method in methods:
         alone = generate(target, draft, tokenizer, ids, method=method, max_new_tokens=6)
         reused = generate(target, draft, tokenizer, ids, method=method, max_new_tokens=6, reuse=shared)
@@ -37,7 +37,7 @@ def test_shared_prefill_changes_no_answer(arch, tokenizer):
 
 def test_reuse_refuses_another_prompt_or_too_few_queries(tokenizer):
     target = tiny_model("llama")
-    shared = Reuse(last=4)
+    shared = SharedPrefill(observed_queries=4)
     generate(target, None, tokenizer, random_ids(50), method=SnapKV(budget=20, window=4), reuse=shared)
     with pytest.raises(ValueError, match="one prompt"):
         generate(target, None, tokenizer, random_ids(60), method=SnapKV(budget=20, window=4), reuse=shared)
