@@ -25,10 +25,10 @@ def smooth(scores: torch.Tensor, kernel: int, pool: str = "max") -> torch.Tensor
     """
     if pool not in ("max", "avg"):
         raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
-    if kernel <= 1:
-        return scores
     shape = scores.shape
     n = shape[-1]
+    if kernel <= 1 or n == 0:
+        return scores
     x = scores.reshape(-1, n).float()
     left, right = min(kernel // 2, n - 1), min((kernel - 1) // 2, n - 1)
     out = _window_max(x, left, right) if pool == "max" else _window_mean(x, left, right)

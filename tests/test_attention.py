@@ -15,6 +15,7 @@ from draftwise.attention import (
     _dispatch_override,
     attention_modules,
     attention_rows,
+    module_attention_rows,
 )
 from draftwise.cache import prunable_layers
 
@@ -121,3 +122,46 @@ def test_the_dispatch_passes_the_models_mask_and_refuses_outside_a_block():
         RuntimeError, match="^a draftwise attention override was called outside its `with` block$"
     ):
         _dispatch_override(module, query, key, key, mask, scaling=1.0, dropout=0.0)
+
+
+def _reference_rows(queries, keys, positions, scaling, softcap=None):
+    """Softmax of each query over the keys it may see (key position <= its own), in float64."""
+    batch, heads, n_q, _ = queries.shape
+    groups, n_k = keys.shape[1], keys.shape[2]
+    rows = torch.zeros(batch, groups, heads // groups, n_q, n_k, dtype=torch.float64)
+    for b in range(batch):
+        for h in range(heads):
+            g = h // (heads // groups)
+            for i, position in enumerate(positions.tolist()):
+                logits = (queries[b, h, i].double() @ keys[b, g].double().T) * scaling
+                if softcap is not None:
+                    logits = torch.tanh(logits / softcap) * softcap
+                logits[torch.arange(n_k) > position] = float("-inf")
+                rows[b, g, h % (heads // groups), i] = torch.softmax(logits, dim=-1)
+    return rows
+
+
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_attention_rows_match_a_reference_per_sequence_of_a_batch(softcap):
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(2, 4, 3, 8, generator=generator) * 3
+    keys = torch.randn(2, 2, 6, 8, generator=generator) * 3
+    positions = torch.tensor([3, 4, 5])
+    rows = attention_rows(queries, keys, positions, 0.5, softcap)
+    expected = _reference_rows(queries, keys, positions, 0.5, softcap)
+    assert torch.allclose(rows.double(), expected, atol=1e-6)
+    assert torch.allclose(attention_rows(queries[1:], keys[1:], positions, 0.5, softcap), rows[1:])
+
+
+def test_module_rows_use_the_modules_soft_capping():
+    target = tiny_model("gemma3_text")
+    module = attention_modules(target)[0]
+    generator = torch.Generator().manual_seed(1)
+    queries = torch.randn(1, target.config.num_attention_heads, 2, module.head_dim, generator=generator) * 4
+    keys = torch.randn(1, target.config.num_key_value_heads, 5, module.head_dim, generator=generator) * 4
+    positions = torch.tensor([3, 4])
+    module.attn_logit_softcapping = 1.5
+    capped = module_attention_rows(module, queries, keys, positions)
+    assert torch.equal(capped, attention_rows(queries, keys, positions, module.scaling, 1.5))
+    module.attn_logit_softcapping = None
+    assert not torch.allclose(capped, module_attention_rows(module, queries, keys, positions))

@@ -27,7 +27,7 @@ from draftwise import (
     StreamingLLM,
     generate,
 )
-from draftwise.methods import METHODS
+from draftwise.methods import METHODS, KVMethod
 from draftwise.methods.base import Footprint, OptionError
 from draftwise.prefill import prefill
 
@@ -111,6 +111,12 @@ def test_a_budget_below_the_window_says_why():
         SpecKV(budget=16, window=32)
     assert str(caught.value) == (
         "budget (16) must be at least the window (32): the window of the last tokens is always kept"
+    )
+    with pytest.raises(OptionError) as caught:
+        SpecKVPC(kv_budget=8, kv_window=16)
+    assert str(caught.value) == (
+        "kv_budget (8) must be at least the window, kv_window (16): "
+        "the window of the last tokens is always kept"
     )
 
 
@@ -206,6 +212,14 @@ def test_window_larger_than_prompt_in_low_level_calls(pair):
     target, _ = pair
     with pytest.raises(ValueError, match="larger than the prompt"):
         prefill(target, torch.tensor([random_ids(10)]), SpecKV(budget=64, window=32))
+    # a prompt exactly as long as the window is kept whole (nothing before the window to score)
+    ids = torch.tensor([random_ids(8)])
+    plain = prefill(target, ids)
+    for cls in METHODS.values():
+        if issubclass(cls, KVMethod):
+            whole = prefill(target, ids, cls(budget=8, window=8))
+            assert whole.cache.layers[0].keys.shape[2] == 8, cls.name
+            assert torch.equal(whole.logits, plain.logits), cls.name
 
 
 def test_budget_at_least_prompt_is_not_an_error(pair, tokenizer):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import ARCHITECTURES, random_ids, tiny_model
 
+import draftwise.prefill
 from draftwise import SpecKV
 from draftwise.cache import prunable_layers
 from draftwise.decoding import decode
@@ -226,3 +227,24 @@ def test_sparse_prefill_runs_only_when_it_hides_something():
     assert method.sparse_for(101) and not method.sparse_for(100) and not method.sparse_for(50)
     dense = SpecKV(budget=64, vertical=8, slash=8)
     assert not dense.sparse_for(1000) and not dense.swaps_attention and method.swaps_attention
+
+
+def test_the_lookahead_counts_toward_going_sparse(monkeypatch):
+    """Sparse when the prompt *and* lookahead exceed ``vertical + slash``: 40 prompt tokens with
+    ``vertical + slash = 40`` pre-fill densely, and sparsely once a lookahead follows them."""
+    target = tiny_model("qwen2")
+    ids = torch.tensor([random_ids(40)])
+    method = SpecKV(budget=16, window=4, sparse_prefill=True, vertical=20, slash=20)
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args[1].shape[1])
+        return prefill_sparse(*args, **kwargs)
+
+    monkeypatch.setattr(draftwise.prefill, "prefill_sparse", spy)
+    prefill(target, ids, method)
+    assert calls == []
+    prefill(target, ids, method, torch.tensor([random_ids(3, seed=1)]))
+    assert calls == [40]
+    prefill(target, ids[:, :39], method, torch.tensor([random_ids(1, seed=1)]))
+    assert calls == [40]
