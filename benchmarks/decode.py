@@ -55,11 +55,11 @@ def main() -> None:
         prefilled, _ = reuse.prefill(target, ids, kv_method, None)
         if i == 0:  # warm-up on a copy of the first cache: first-call set-up is not timed
             warm, _ = reuse.prefill(target, ids, kv_method, None)
-            decode(target, warm.cache, warm.logits, n, 2, valid=warm.valid)
+            decode(target, warm.cache, warm.logits, n, 2)
             del warm
         kept = prefilled.cache.layers[0].keys.shape[2]
         start = now()
-        out = decode(target, prefilled.cache, prefilled.logits, n, args.steps, valid=prefilled.valid)
+        out = decode(target, prefilled.cache, prefilled.logits, n, args.steps)
         seconds = now() - start
         rows.append((label, kept, 1000 * seconds / (out.shape[1] - 1)))  # the first token is pre-fill's
         del prefilled

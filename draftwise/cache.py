@@ -1,6 +1,8 @@
 """How a transformers cache is pruned, and what it costs.
 
-Pruning keeps, per layer and KV head, a chosen set of positions of a ``DynamicCache``. Decoding
+Pruning replaces a full-attention layer of a ``DynamicCache`` by a :class:`PrunedLayer`, which holds,
+per KV head, a chosen set of the prompt's positions (and, when heads keep unequal counts, which of
+its entries are padding), then grows like any layer as tokens are decoded. Decoding
 afterwards must pass true ``position_ids`` (``n, n+1, ...``): RoPE then sees real positions, and the
 causal mask (built from the shorter cache length) still lets every new token see every kept key.
 Sliding-window layers are never pruned: the model's own bookkeeping for them (``cumulative_length``)
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 
 def is_sliding(cache: DynamicCache, layer: int) -> bool:
@@ -24,14 +27,56 @@ def prunable_layers(cache: DynamicCache) -> list[int]:
     return [i for i in range(len(cache.layers)) if not is_sliding(cache, i)]
 
 
-def keep_positions(cache: DynamicCache, layer: int, indices: torch.Tensor) -> None:
-    """Keep only cache positions ``indices`` ``[B, G, C]`` of ``layer`` (per batch row and KV head)."""
+class PrunedLayer(DynamicLayer):
+    """A full-attention layer that kept some of the prompt's positions, per batch row and KV head.
+
+    ``positions`` ``[B, G, C]`` are the kept positions in the prompt; ``valid`` ``[B, G, C]`` marks the
+    real entries when heads kept unequal counts (the others are padding, never attended: see
+    :mod:`draftwise.headmask`), ``None`` when every entry is real. Tokens decoded afterwards are
+    appended as in any ``DynamicLayer`` and are always real.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, valid=None) -> None:
+        super().__init__()
+        self.dtype, self.device = keys.dtype, keys.device
+        self.keys, self.values = keys, values
+        self.is_initialized = True
+        self.positions = positions
+        self.valid: torch.Tensor | None = valid
+
+    @classmethod
+    def keep(
+        cls, layer: DynamicLayer, indices: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> PrunedLayer:
+        """``layer`` keeping only its positions ``indices`` ``[B, G, C]``; ``valid`` as above."""
+        index = indices.to(layer.keys.device)[..., None]  # [B, G, C, 1]
+        keys = layer.keys.gather(2, index.expand(-1, -1, -1, layer.keys.shape[-1])).contiguous()
+        values = layer.values.gather(2, index.expand(-1, -1, -1, layer.values.shape[-1])).contiguous()
+        return cls(keys, values, indices, valid)
+
+    @property
+    def kept_per_head(self) -> float:
+        """Real (unpadded) prompt pairs per KV head, averaged over batch rows and heads."""
+        if self.valid is None:
+            return float(self.positions.shape[-1])
+        return self.valid.sum().item() / self.valid[..., 0].numel()
+
+
+def keep_positions(
+    cache: DynamicCache, layer: int, indices: torch.Tensor, valid: torch.Tensor | None = None
+) -> None:
+    """Keep only cache positions ``indices`` ``[B, G, C]`` of ``layer`` (per batch row and KV head):
+    the layer becomes a :class:`PrunedLayer` (``valid``: which entries are real, if not all)."""
     if is_sliding(cache, layer):
         raise ValueError(f"layer {layer} is a sliding-window layer and is not pruned")
-    state = cache.layers[layer]
-    index = indices.to(state.keys.device)[..., None]  # [B, G, C, 1]
-    state.keys = state.keys.gather(2, index.expand(-1, -1, -1, state.keys.shape[-1])).contiguous()
-    state.values = state.values.gather(2, index.expand(-1, -1, -1, state.values.shape[-1])).contiguous()
+    cache.layers[layer] = PrunedLayer.keep(cache.layers[layer], indices, valid)
+
+
+def head_masks(cache: DynamicCache) -> dict[int, torch.Tensor]:
+    """Per layer whose heads kept unequal counts, its ``valid`` mask ``[B, G, C]``."""
+    return {
+        i: layer.valid for i, layer in enumerate(cache.layers) if getattr(layer, "valid", None) is not None
+    }
 
 
 @dataclass
@@ -80,15 +125,13 @@ def full_cache_bytes(cache: DynamicCache, length: int) -> int:
     return total
 
 
-def kept_per_head(cache: DynamicCache, valid: dict[int, torch.Tensor] | None = None) -> int:
+def kept_per_head(cache: DynamicCache) -> int:
     """KV pairs per KV head held by the full-attention layers, averaged over layers and heads
-    (rounded); for a layer with a ``valid`` mask ``[B, G, L]``, only its valid (unpadded) pairs count."""
-    valid = valid or {}
-    layers = prunable_layers(cache)
+    (rounded); a pruned layer's padding does not count."""
+    layers = [cache.layers[i] for i in prunable_layers(cache)]
     if not layers:
         return 0
     counts = [
-        valid[i].sum().item() / valid[i][..., 0].numel() if i in valid else cache.layers[i].keys.shape[2]
-        for i in layers
+        layer.kept_per_head if isinstance(layer, PrunedLayer) else layer.keys.shape[2] for layer in layers
     ]
     return round(sum(counts) / len(counts))

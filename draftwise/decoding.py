@@ -15,7 +15,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from draftwise.headmask import HeadMaskedAttention
+from draftwise.cache import head_masks
+from draftwise.headmask import HEAD_MASKED_ATTENTION, HeadMaskedAttention
 
 GREEDY_BELOW = 1e-5  # temperatures below this decode greedily, as in vLLM (logits / t would overflow)
 
@@ -78,7 +79,6 @@ def decode(
     stop_ids: Iterable[int] = (),
     feed_last: bool = False,
     on_token: Callable[[int], bool | None] | None = None,
-    valid: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` tokens (batch of one) from ``cache``.
 
@@ -92,13 +92,15 @@ def decode(
         on_token: called with each new token id as soon as it is chosen (for streaming). If it
             returns ``True`` generation ends after that token (a stop string was reached); an
             exception it raises stops generation and propagates.
-        valid: per layer, the mask ``[1, G, L]`` of real (not padding) cache positions, for caches
-            whose heads keep unequal counts (AdaKV).
+    A cache whose pruned layers hold padding (heads that kept unequal counts, AdaKV) is decoded with
+    :class:`~draftwise.headmask.HeadMaskedAttention`, which never attends to the padding.
+
     Returns:
         ``[1, T]`` generated token ids, ``T <= max_new_tokens``.
     """
-    if valid:
-        with HeadMaskedAttention(model, valid):
+    masks = head_masks(cache)
+    if masks and model.config._attn_implementation != HEAD_MASKED_ATTENTION:
+        with HeadMaskedAttention(model, masks):
             return decode(
                 model,
                 cache,

@@ -179,7 +179,7 @@ def generate(
     else:
         prefilled, prefill_seconds = _timed(prefill, target, kept_ids)
     kv_bytes = cache_bytes(prefilled.cache)
-    kv_pairs = kept_per_head(prefilled.cache, prefilled.valid)
+    kv_pairs = kept_per_head(prefilled.cache)
     # With `reuse`, the shared pre-fill and lookahead ran before `start`; their seconds count as if alone.
     time_to_first_token = max(now() - start, draft_seconds + prefill_seconds)
 
@@ -193,7 +193,6 @@ def generate(
         sampler,
         stops,
         on_token=on_token,
-        valid=prefilled.valid,
     )
     token_ids = tokens[0].tolist()
     stats = GenerationStats(

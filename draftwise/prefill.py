@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,9 +28,8 @@ if TYPE_CHECKING:
 class Prefill:
     """A pre-filled (and maybe pruned) cache, ready to decode from after the prompt."""
 
-    cache: DynamicCache
+    cache: DynamicCache  # pruned layers are draftwise.cache.PrunedLayer
     logits: torch.Tensor  # [1, V] at the last prompt position
-    valid: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer [B, G, L], if heads differ
 
 
 @dataclass
@@ -71,7 +70,6 @@ def prune_observed(
     the lookahead's KV pairs."""
     n = observed.prompt_length
     cache = deepcopy(observed.cache) if copy else observed.cache
-    valid: dict[int, torch.Tensor] = {}
     if method is not None:
         if method.window > n:
             raise ValueError(f"window ({method.window}) is larger than the prompt ({n} tokens)")
@@ -83,8 +81,8 @@ def prune_observed(
             with QueryRecorder(target, last=lookahead_ids.shape[1]) as recorder:
                 _prefill_lookahead(target, cache, lookahead_ids.to(target.device), n)
             queries = {layer: torch.cat([q, recorder.queries(layer)], dim=2) for layer, q in queries.items()}
-        valid = prune(target, cache, queries, n, method)
-    return Prefill(cache, observed.logits, valid)
+        prune(target, cache, queries, n, method)
+    return Prefill(cache, observed.logits)
 
 
 @torch.no_grad()
@@ -136,8 +134,8 @@ def prefill_sparse(
         layer.crop(-steps)
         layer.record_past = False
     queries = {m.layer_idx: recorder.queries(m.layer_idx) for m in recorder.modules}
-    valid = prune(target, cache, queries, n, method)
-    return Prefill(cache=cache, logits=out.logits[:, -1], valid=valid)
+    prune(target, cache, queries, n, method)
+    return Prefill(cache=cache, logits=out.logits[:, -1])
 
 
 def _prefill_lookahead(target: nn.Module, cache: DynamicCache, lookahead_ids: torch.Tensor, n: int) -> None:
@@ -156,17 +154,16 @@ def _prefill_lookahead(target: nn.Module, cache: DynamicCache, lookahead_ids: to
 
 def prune(
     target: nn.Module, cache: DynamicCache, queries: dict[int, torch.Tensor], n: int, method: KVMethod
-) -> dict[int, torch.Tensor]:
+) -> None:
     """Keep, per full-attention layer and KV head, the ``layer_budget - window`` prefix positions
     ``method.select`` picks by ``method.layer_scores`` from the observed ``queries`` (per layer
     ``[1, H, q, d]``, the prompt's last ones then the lookahead's), plus the window; drop everything
-    past the prompt (the lookahead). Returns, for layers whose heads keep unequal counts, the ``valid`` mask
-    ``[B, G, L]`` of their padded cache."""
+    past the prompt (the lookahead). Each such layer becomes a :class:`~draftwise.cache.PrunedLayer`,
+    with the mask of its padding when its heads keep unequal counts."""
     modules = attention_modules(target)
     prefix = n - method.window
     first_observed = n - method.observed_queries(n)
     layers = prunable_layers(cache)
-    masks: dict[int, torch.Tensor] = {}
     for index, layer in enumerate(layers):
         keys = cache.layers[layer].keys
         seen = queries.get(layer) if method.uses_attention else None
@@ -175,7 +172,6 @@ def prune(
         scores = method.layer_scores(modules[layer], seen, keys, values, positions, prefix)
         chosen, valid = method.select(scores, method.layer_budget(index, len(layers)) - method.window)
         window = torch.arange(prefix, n, device=chosen.device).expand(*chosen.shape[:2], -1)
-        keep_positions(cache, layer, torch.cat([chosen, window], dim=-1))
         if valid is not None:
-            masks[layer] = torch.cat([valid, torch.ones_like(window, dtype=torch.bool)], dim=-1)
-    return masks
+            valid = torch.cat([valid, torch.ones_like(window, dtype=torch.bool)], dim=-1)
+        keep_positions(cache, layer, torch.cat([chosen, window], dim=-1), valid)

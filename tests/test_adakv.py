@@ -13,6 +13,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from draftwise import AdaKV, SnapKV, generate
 from draftwise.attention import attention_modules
+from draftwise.cache import head_masks
 from draftwise.decoding import decode
 from draftwise.headmask import HeadMaskedAttention
 from draftwise.methods.adakv import adaptive_selection
@@ -61,18 +62,16 @@ def test_padding_is_never_attended(arch, attn, steps):
     ids = torch.tensor([random_ids(n, seed=2)])
     method = AdaKV(budget=24, window=4, floor=0.0)
     clean = prefill(target, ids, method)
-    assert clean.valid, "heads got unequal counts"
-    expected = decode(target, clean.cache, clean.logits, n, steps, valid=clean.valid)
+    assert head_masks(clean.cache), "heads got unequal counts"
+    expected = decode(target, clean.cache, clean.logits, n, steps)
     assert expected.shape[1] == steps
     corrupted = prefill(target, ids, method)
-    for layer, valid in corrupted.valid.items():
+    for layer, valid in head_masks(corrupted.cache).items():
         state = corrupted.cache.layers[layer]
         noise = torch.randn_like(state.keys) * 100
         state.keys = torch.where(valid[..., None], state.keys, noise)
         state.values = torch.where(valid[..., None], state.values, noise)
-    assert torch.equal(
-        decode(target, corrupted.cache, corrupted.logits, n, steps, valid=corrupted.valid), expected
-    )
+    assert torch.equal(decode(target, corrupted.cache, corrupted.logits, n, steps), expected)
     assert target.config._attn_implementation == attn
 
 
@@ -98,15 +97,13 @@ def test_padding_is_never_attended_in_bfloat16():
     ids = torch.tensor([random_ids(n, seed=2)])
     method = AdaKV(budget=24, window=4, floor=0.0)
     clean = prefill(target, ids, method)
-    assert clean.valid
-    expected = decode(target, clean.cache, clean.logits, n, 4, valid=clean.valid)
+    assert head_masks(clean.cache)
+    expected = decode(target, clean.cache, clean.logits, n, 4)
     corrupted = prefill(target, ids, method)
-    for layer, valid in corrupted.valid.items():
+    for layer, valid in head_masks(corrupted.cache).items():
         state = corrupted.cache.layers[layer]
         state.keys = torch.where(valid[..., None], state.keys, torch.randn_like(state.keys) * 100)
-    assert torch.equal(
-        decode(target, corrupted.cache, corrupted.logits, n, 4, valid=corrupted.valid), expected
-    )
+    assert torch.equal(decode(target, corrupted.cache, corrupted.logits, n, 4), expected)
 
 
 def _masked(attn: str):

@@ -1,4 +1,4 @@
-"""Pruning a cache layer in place (draftwise/cache.py)."""
+"""Pruning a cache layer (draftwise/cache.py): a PrunedLayer replaces it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from helpers import tiny_config
 from transformers import DynamicCache
 
-from draftwise.cache import full_cache_bytes, keep_positions, kept_per_head
+from draftwise.cache import PrunedLayer, full_cache_bytes, head_masks, keep_positions, kept_per_head
 
 
 def test_each_batch_row_and_head_keeps_its_own_positions():
@@ -39,7 +39,8 @@ def test_kept_per_head_averages_the_full_attention_layers():
         cache.update(torch.randn(1, 2, length, 4), torch.randn(1, 2, length, 4), layer)
     assert kept_per_head(cache) == 7
     valid = torch.tensor([[[True] * 4 + [False] * 6, [True] * 8 + [False] * 2]])  # layer 1: 4 and 8 valid
-    assert kept_per_head(cache, {1: valid}) == 5  # (6 + 4) / 2
+    keep_positions(cache, 1, torch.arange(10).expand(1, 2, 10), valid)
+    assert kept_per_head(cache) == 5  # (6 + 4) / 2: padding does not count
     only_sliding = DynamicCache(config=tiny_config("gemma3_text", layers=1))
     only_sliding.update(torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4), 0)
     assert kept_per_head(only_sliding) == 0, "no full-attention layer holds any prunable pair"
@@ -54,3 +55,24 @@ def test_full_cache_bytes_counts_the_layers_that_hold_something():
     assert cache.layers[2].keys is None or not cache.layers[2].keys.numel()
     per_token = 2 * (4 + 4) * 4  # heads x (key + value size) x float32 bytes
     assert full_cache_bytes(cache, 100) == (15 + 100 + 100) * per_token
+
+
+def test_a_pruned_layer_knows_its_positions_and_padding_and_grows_when_decoding():
+    cache = DynamicCache()
+    cache.update(torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4), 0)
+    kept = torch.tensor([[[0, 2, 2], [1, 4, 5]]])
+    valid = torch.tensor([[[True, True, False], [True, True, True]]])
+    keep_positions(cache, 0, kept, valid)
+    layer = cache.layers[0]
+    assert isinstance(layer, PrunedLayer) and torch.equal(layer.positions, kept)
+    assert layer.kept_per_head == 2.5
+    masks = head_masks(cache)
+    assert list(masks) == [0] and torch.equal(masks[0], valid)
+    keys, _ = cache.update(torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 4), 0)  # one decoded token
+    assert keys.shape[2] == 4 and cache.get_seq_length(0) == 4
+    assert torch.equal(keys[:, :, -1], torch.ones(1, 2, 4))
+    assert layer.kept_per_head == 2.5, "decoded tokens are not prompt pairs kept"
+    equal = DynamicCache()
+    equal.update(torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4), 0)
+    keep_positions(equal, 0, kept[..., :2])
+    assert head_masks(equal) == {}, "heads keeping equal counts need no mask"

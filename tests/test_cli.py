@@ -129,3 +129,12 @@ def test_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch):
     assert as_dtype(torch.float16) == as_dtype("half") == torch.float16
     with pytest.raises(ValueError, match="unsupported dtype 'int8'"):
         as_dtype("int8")
+
+
+def test_demo_prints_full_and_speckv_side_by_side(model_dirs, capsys):
+    argv = ["demo", "--target", model_dirs["target"], "--draft", model_dirs["draft"], "--tokens", "120"]
+    code = main(argv + ["--budget", "48", "--max-new-tokens", "2"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Needle-in-a-haystack" in out
+    assert "full" in out and "speckv (budget 48)" in out and "needle found" in out
