@@ -6,12 +6,14 @@ its entries are padding), then grows like any layer as tokens are decoded. Decod
 afterwards must pass true ``position_ids`` (``n, n+1, ...``): RoPE then sees real positions, and the
 causal mask (built from the shorter cache length) still lets every new token see every kept key.
 Sliding-window layers are never pruned: the model's own bookkeeping for them (``cumulative_length``)
-assumes they hold the last ``sliding_window - 1`` tokens.
+assumes they hold the last ``sliding_window - 1`` tokens; a lookahead read for its queries is taken
+back out of them with transformers' own rollback (:func:`sliding_layers_drop`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from transformers import DynamicCache
@@ -79,27 +81,21 @@ def head_masks(cache: DynamicCache) -> dict[int, torch.Tensor]:
     }
 
 
-@dataclass
-class SlidingSnapshot:
-    """The state of the sliding-window layers, to undo a chunk of extra tokens (a lookahead)."""
-
-    states: dict[int, tuple[torch.Tensor, torch.Tensor, int]]
-
-    @classmethod
-    def take(cls, cache: DynamicCache) -> SlidingSnapshot:
-        # DynamicLayer.update concatenates into new tensors, so references are a free snapshot.
-        return cls(
-            {
-                i: (layer.keys, layer.values, layer.cumulative_length)
-                for i, layer in enumerate(cache.layers)
-                if is_sliding(cache, i)
-            }
-        )
-
-    def restore(self, cache: DynamicCache) -> None:
-        for i, (keys, values, length) in self.states.items():
-            layer = cache.layers[i]
-            layer.keys, layer.values, layer.cumulative_length = keys, values, length
+@contextmanager
+def sliding_layers_drop(cache: DynamicCache, tokens: int) -> Iterator[None]:
+    """While inside, the sliding-window layers keep every state the model adds; on leaving, they drop
+    the last ``tokens`` of them (a lookahead) and return to their window, as if those tokens had never
+    been read. This is transformers' own rollback (``activate_past_recording``, then ``crop``)."""
+    layers = [cache.layers[i] for i in range(len(cache.layers)) if is_sliding(cache, i)]
+    for layer in layers:
+        layer.activate_past_recording()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            if layer.is_initialized:  # a layer the model never wrote to holds nothing to drop
+                layer.crop(-tokens)
+            layer.record_past = False  # transformers has no call to end the recording
 
 
 def cache_bytes(cache: DynamicCache) -> int:

@@ -12,10 +12,9 @@ from transformers import DynamicCache
 
 from draftwise.attention import QueryRecorder, attention_modules
 from draftwise.cache import (
-    SlidingSnapshot,
-    is_sliding,
     keep_positions,
     prunable_layers,
+    sliding_layers_drop,
 )
 from draftwise.methods.base import KVMethod
 from draftwise.sparse import SparsePrefill
@@ -116,11 +115,9 @@ def prefill_sparse(
     steps = lookahead_ids.shape[1] if lookahead_ids is not None else 0
     sequence = torch.cat([input_ids, lookahead_ids.to(input_ids.device)], dim=1) if steps else input_ids
     cache = DynamicCache(config=target.config)
-    sliding = [cache.layers[i] for i in range(len(cache.layers)) if is_sliding(cache, i)]
-    for layer in sliding:  # keep their past so the lookahead can be taken back out
-        layer.activate_past_recording()
     observed = method.window + steps
     with (
+        sliding_layers_drop(cache, steps),  # the sliding layers end holding the prompt alone
         QueryRecorder(target, last=observed) as recorder,
         SparsePrefill(target, method, observed, method.vertical, method.slash),
     ):
@@ -130,9 +127,6 @@ def prefill_sparse(
             use_cache=True,
             logits_to_keep=torch.tensor([n - 1], device=target.device),
         )
-    for layer in sliding:
-        layer.crop(-steps)
-        layer.record_past = False
     queries = {m.layer_idx: recorder.queries(m.layer_idx) for m in recorder.modules}
     prune(target, cache, queries, n, method)
     return Prefill(cache=cache, logits=out.logits[:, -1])
@@ -140,16 +134,15 @@ def prefill_sparse(
 
 def _prefill_lookahead(target: nn.Module, cache: DynamicCache, lookahead_ids: torch.Tensor, n: int) -> None:
     """Run the lookahead through the target for its queries, leaving sliding layers as they were."""
-    snapshot = SlidingSnapshot.take(cache)
     positions = torch.arange(n, n + lookahead_ids.shape[1], device=target.device)[None]
-    target(
-        input_ids=lookahead_ids,
-        past_key_values=cache,
-        position_ids=positions,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    snapshot.restore(cache)
+    with sliding_layers_drop(cache, lookahead_ids.shape[1]):
+        target(
+            input_ids=lookahead_ids,
+            past_key_values=cache,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
 
 
 def prune(

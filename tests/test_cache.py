@@ -7,7 +7,14 @@ import torch
 from helpers import tiny_config
 from transformers import DynamicCache
 
-from draftwise.cache import PrunedLayer, full_cache_bytes, head_masks, keep_positions, kept_per_head
+from draftwise.cache import (
+    PrunedLayer,
+    full_cache_bytes,
+    head_masks,
+    keep_positions,
+    kept_per_head,
+    sliding_layers_drop,
+)
 
 
 def test_each_batch_row_and_head_keeps_its_own_positions():
@@ -76,3 +83,20 @@ def test_a_pruned_layer_knows_its_positions_and_padding_and_grows_when_decoding(
     equal.update(torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4), 0)
     keep_positions(equal, 0, kept[..., :2])
     assert head_masks(equal) == {}, "heads keeping equal counts need no mask"
+
+
+@pytest.mark.parametrize("prompt, lookahead", [(40, 5), (12, 8), (5, 3), (20, 0)])
+def test_sliding_layers_drop_what_was_added_inside(prompt, lookahead):
+    """A sliding layer (window 16) holds the same states after a lookahead read inside the block as
+    before it, whether the prompt already filled its window, the lookahead filled it, or neither."""
+    cache = DynamicCache(config=tiny_config("gemma3_text"))  # layer 0 slides
+    keys, values = torch.randn(1, 2, prompt, 4), torch.randn(1, 2, prompt, 4)
+    cache.update(keys, values, 0)
+    layer = cache.layers[0]
+    before = (layer.keys.clone(), layer.values.clone(), layer.cumulative_length)
+    with sliding_layers_drop(cache, lookahead):
+        if lookahead:
+            cache.update(torch.randn(1, 2, lookahead, 4), torch.randn(1, 2, lookahead, 4), 0)
+    assert torch.equal(layer.keys, before[0]) and torch.equal(layer.values, before[1])
+    assert layer.cumulative_length == before[2] == prompt and not layer.record_past
+    assert torch.equal(layer.keys, keys[:, :, -15:]), "the window's last 15 states"
