@@ -9,6 +9,7 @@ from transformers import DynamicCache
 
 from draftwise.cache import (
     PrunedLayer,
+    cache_bytes,
     full_cache_bytes,
     head_masks,
     keep_positions,
@@ -100,3 +101,10 @@ def test_sliding_layers_drop_what_was_added_inside(prompt, lookahead):
     assert torch.equal(layer.keys, before[0]) and torch.equal(layer.values, before[1])
     assert layer.cumulative_length == before[2] == prompt and not layer.record_past
     assert torch.equal(layer.keys, keys[:, :, -15:]), "the window's last 15 states"
+
+
+def test_cache_bytes_counts_what_the_layers_hold():
+    cache = DynamicCache(config=tiny_config("gemma3_text", layers=3))
+    cache.update(torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 3), 0)  # layer 1 and 2 never written
+    assert cache_bytes(cache) == 2 * 6 * (4 + 3) * 4
+    assert cache_bytes(DynamicCache(config=tiny_config("gemma3_text"))) == 0

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from helpers import random_ids, tiny_model
 
 from draftwise import H2O, TOVA, AdaKV, Full, KNorm, PyramidKV, SnapKV, SpecKV, SpecPC, generate
+from draftwise.prefill import observe, prune_observed
 from draftwise.shared_prefill import SharedPrefill
 
 
@@ -43,3 +45,16 @@ def test_reuse_refuses_another_prompt_or_too_few_queries(tokenizer):
         generate(target, None, tokenizer, random_ids(60), method=SnapKV(budget=20, window=4), reuse=shared)
     with pytest.raises(ValueError, match="observes 50 queries"):
         generate(target, None, tokenizer, random_ids(50), method=H2O(budget=20, window=4), reuse=shared)
+
+
+def test_pruning_an_observed_prefill_copies_it_by_default():
+    target = tiny_model("qwen2")
+    ids = torch.tensor([random_ids(40, seed=3)])
+    method = SnapKV(budget=16, window=4)
+    observed = observe(target, ids, method.observed_queries(40))
+    first = prune_observed(target, observed, method)
+    assert observed.cache.get_seq_length() == 40, "the observed pre-fill is left whole"
+    second = prune_observed(target, observed, method)
+    assert torch.equal(first.cache.layers[0].keys, second.cache.layers[0].keys)
+    with pytest.raises(ValueError, match=r"^window \(41\) is larger than the prompt \(40 tokens\)$"):
+        prune_observed(target, observed, SnapKV(budget=64, window=41))
