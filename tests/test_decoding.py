@@ -49,8 +49,10 @@ def test_a_head_masked_decode_keeps_every_setting():
     assert draws[0] == draws[1] and draws[0] != draws[2], "seeded sampling, not greedy decoding"
     target, out = _adakv_prefill(n)
     seen: list[int] = []
-    tokens = decode(target, out.cache, out.logits, n, steps, on_token=seen.append)
-    assert seen == tokens[0].tolist()
+    tokens = decode(target, out.cache, out.logits, n, steps, on_token=lambda t: seen.append(t) or False)
+    assert seen == tokens[0].tolist() and len(seen) == steps, "False from on_token goes on"
+    target, out = _adakv_prefill(n)
+    assert decode(target, out.cache, out.logits, n, steps, on_token=lambda t: True).shape[1] == 1
     for feed_last, reads in ((False, steps - 1), (True, steps)):
         target, out = _adakv_prefill(n)
         before = out.cache.get_seq_length(0)
