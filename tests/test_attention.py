@@ -165,3 +165,16 @@ def test_module_rows_use_the_modules_soft_capping():
     assert torch.equal(capped, attention_rows(queries, keys, positions, module.scaling, 1.5))
     module.attn_logit_softcapping = None
     assert not torch.allclose(capped, module_attention_rows(module, queries, keys, positions))
+
+
+def test_attention_modules_are_found_in_layer_order_or_refused_by_name():
+    model = tiny_model("qwen2")
+    layers = model.model.layers
+    layers[0], layers[2] = layers[2], layers[0]  # module order no longer layer order
+    assert [m.layer_idx for m in attention_modules(model)] == [0, 1, 2]
+    with pytest.raises(TypeError) as caught:
+        attention_modules(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    assert str(caught.value) == (
+        "Sequential has no attention modules with q_proj/k_proj/v_proj: draftwise supports Llama-style "
+        "attention (Llama, Qwen2, Qwen3, Mistral, Gemma 3)"
+    )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from helpers import random_ids, tiny_model, tiny_tokenizer
 
 from draftwise import AdaKV
 from draftwise.cache import head_masks
-from draftwise.decoding import Sampler, decode, stop_token_ids
+from draftwise.decoding import GREEDY_BELOW, Sampler, decode, stop_token_ids
 from draftwise.prefill import prefill
 
 
@@ -58,3 +59,45 @@ def test_a_head_masked_decode_keeps_every_setting():
         before = out.cache.get_seq_length(0)
         decode(target, out.cache, out.logits, n, steps, feed_last=feed_last)
         assert out.cache.get_seq_length(0) == before + reads
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"temperature": -0.1}, "temperature must be a finite number >= 0, got -0.1"),
+        ({"temperature": float("nan")}, "temperature must be a finite number >= 0, got nan"),
+        ({"temperature": float("inf")}, "temperature must be a finite number >= 0, got inf"),
+        ({"temperature": True}, "temperature must be a finite number >= 0, got True"),
+        ({"temperature": "1"}, "temperature must be a finite number >= 0, got '1'"),
+        ({"top_p": 0}, "top_p must be a number in (0, 1], got 0"),
+        ({"top_p": 1.01}, "top_p must be a number in (0, 1], got 1.01"),
+        ({"top_p": float("nan")}, "top_p must be a number in (0, 1], got nan"),
+        ({"seed": True}, "seed must be an integer in [-2**63, 2**64), got True"),
+        ({"seed": 1.5}, "seed must be an integer in [-2**63, 2**64), got 1.5"),
+        ({"seed": 2**64}, f"seed must be an integer in [-2**63, 2**64), got {2**64}"),
+        ({"seed": -(2**63) - 1}, f"seed must be an integer in [-2**63, 2**64), got {-(2**63) - 1}"),
+    ],
+)
+def test_sampling_settings_out_of_range_are_named(options, message):
+    with pytest.raises(ValueError) as caught:
+        Sampler(**options)
+    assert str(caught.value) == message
+
+
+def test_sampling_settings_at_their_bounds_are_taken():
+    for options in (
+        {"temperature": 0},
+        {"top_p": 1},
+        {"seed": -(2**63)},
+        {"seed": 2**64 - 1},
+        {"top_p": 1e-9},
+    ):
+        Sampler(**options)
+    logits = torch.tensor([[0.0, 3.0, 1.0]])
+    assert Sampler(temperature=GREEDY_BELOW / 2, seed=0).greedy
+    assert not Sampler(temperature=GREEDY_BELOW, seed=0).greedy
+    assert all(int(Sampler(temperature=GREEDY_BELOW / 2)(logits)) == 1 for _ in range(5))
+    # a nucleus that holds only the top token samples it every time, however hot
+    nucleus = Sampler(temperature=1.0, top_p=0.5, seed=0)
+    assert {int(nucleus(logits)) for _ in range(50)} == {1}
+    assert len({int(Sampler(temperature=1.0, seed=s)(logits)) for s in range(50)}) > 1
