@@ -95,7 +95,11 @@ class QueryRecorder:
         self._chunks[module.layer_idx].append(q)
 
     def queries(self, layer: int) -> torch.Tensor:
-        return torch.cat(self._chunks[layer], dim=2)
+        """The recorded queries ``[B, H, T_total, d]`` of ``layer``."""
+        chunks = self._chunks.get(layer)
+        if not chunks:
+            raise KeyError(f"no queries were recorded for layer {layer}")
+        return torch.cat(chunks, dim=2)
 
     def clear(self) -> None:
         self._chunks.clear()

@@ -178,3 +178,40 @@ def test_attention_modules_are_found_in_layer_order_or_refused_by_name():
         "Sequential has no attention modules with q_proj/k_proj/v_proj: draftwise supports Llama-style "
         "attention (Llama, Qwen2, Qwen3, Mistral, Gemma 3)"
     )
+
+
+def test_recorder_takes_the_last_queries_of_each_forward_in_the_layers_asked():
+    model = tiny_model("qwen2")
+    ids = torch.tensor([random_ids(10, seed=3)])
+    with torch.no_grad(), QueryRecorder(model, last=4) as everything:
+        model(input_ids=ids)
+    with torch.no_grad(), QueryRecorder(model, last=3, layers={1}) as recorder:
+        cache = DynamicCache(config=model.config)
+        model(input_ids=ids[:, :8], past_key_values=cache, use_cache=True)
+        recorder.last = 5  # more than the next chunk holds: all of it
+        model(input_ids=ids[:, 8:], past_key_values=cache, use_cache=True)
+    recorded = recorder.queries(1)
+    assert recorded.shape[2] == 3 + 2, "3 of the first forward, both of the second"
+    torch.testing.assert_close(
+        recorded[:, :, 1:], everything.queries(1), rtol=1e-4, atol=1e-5
+    )  # positions 6-9
+    with pytest.raises(KeyError, match="no queries were recorded for layer 0"):
+        recorder.queries(0)  # not a layer it was asked for
+    recorder.clear()
+    with pytest.raises(KeyError, match="no queries were recorded for layer 1"):
+        recorder.queries(1)
+    with torch.no_grad(), QueryRecorder(model, last=0) as idle:
+        model(input_ids=ids)
+    assert not idle._chunks, "last=0 records nothing"
+
+
+def test_recorder_ignores_another_threads_forward():
+    import threading
+
+    model = tiny_model("qwen2")
+    ids = torch.tensor([random_ids(6, seed=4)])
+    with torch.no_grad(), QueryRecorder(model, last=2) as recorder:
+        thread = threading.Thread(target=lambda: model(input_ids=ids))
+        thread.start()
+        thread.join()
+    assert not recorder._chunks
