@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ from transformers.generation.logits_process import (
 )
 
 from draftwise.cache import head_masks
-from draftwise.headmask import HEAD_MASKED_ATTENTION, HeadMaskedAttention
+from draftwise.headmask import HeadMaskedAttention
 
 GREEDY_BELOW = 1e-5  # temperatures below this decode greedily, as in vLLM (logits / t would overflow)
 
@@ -99,52 +100,40 @@ def decode(
         ``[1, T]`` generated token ids, ``T <= max_new_tokens``.
     """
     masks = head_masks(cache)
-    if masks and model.config._attn_implementation != HEAD_MASKED_ATTENTION:
-        with HeadMaskedAttention(model, masks):
-            return decode(
-                model,
-                cache,
-                first_logits,
-                start_position,
-                max_new_tokens,
-                sampler,
-                stop_ids,
-                feed_last,
-                on_token,
-            )
-    sampler = sampler or Sampler()
-    stop = set(stop_ids)
-    device = first_logits.device
-    token = sampler(first_logits)
-    tokens = [token]
-    halted = on_token is not None and on_token(int(token[0])) is True
-    position = start_position
-    # A new token sees every cached key, in every layer. Eager attention would otherwise get a mask
-    # sized from the first layer's cache, wrong for layers pruned to other lengths (PyramidKV); a
-    # broadcast zero mask fits them all. sdpa and flash attention build no mask for one token.
-    visible = None
-    if model.config._attn_implementation == "eager":
-        visible = torch.zeros(1, 1, 1, 1, dtype=model.dtype, device=model.device)
-    while True:
-        done = halted or len(tokens) >= max_new_tokens or int(token[0]) in stop
-        if done and not feed_last:
-            break
-        position_ids = torch.tensor([[position]], device=device)
-        out = model(
-            input_ids=token[:, None].to(model.device),
-            past_key_values=cache,
-            position_ids=position_ids.to(model.device),
-            attention_mask=visible,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        position += 1
-        if done:
-            break
-        token = sampler(out.logits[:, -1].to(device))
-        tokens.append(token)
+    with HeadMaskedAttention(model, masks) if masks else nullcontext():
+        sampler = sampler or Sampler()
+        stop = set(stop_ids)
+        device = first_logits.device
+        token = sampler(first_logits)
+        tokens = [token]
         halted = on_token is not None and on_token(int(token[0])) is True
-    return torch.stack(tokens, dim=1)
+        position = start_position
+        # A new token sees every cached key, in every layer. Eager attention would otherwise get a mask
+        # sized from the first layer's cache, wrong for layers pruned to other lengths (PyramidKV); a
+        # broadcast zero mask fits them all. sdpa and flash attention build no mask for one token.
+        visible = None
+        if model.config._attn_implementation == "eager":
+            visible = torch.zeros(1, 1, 1, 1, dtype=model.dtype, device=model.device)
+        while True:
+            done = halted or len(tokens) >= max_new_tokens or int(token[0]) in stop
+            if done and not feed_last:
+                break
+            position_ids = torch.tensor([[position]], device=device)
+            out = model(
+                input_ids=token[:, None].to(model.device),
+                past_key_values=cache,
+                position_ids=position_ids.to(model.device),
+                attention_mask=visible,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            position += 1
+            if done:
+                break
+            token = sampler(out.logits[:, -1].to(device))
+            tokens.append(token)
+            halted = on_token is not None and on_token(int(token[0])) is True
+        return torch.stack(tokens, dim=1)
 
 
 def stop_token_ids(tokenizer, model: nn.Module) -> set[int]:
