@@ -18,11 +18,10 @@ class Busy(Exception):
 
 
 class Admission:
-    """At most ``limit`` requests admitted at once (running, waiting, or in flight upstream)."""
+    """At most ``limit`` requests admitted at once (running, waiting, or in flight upstream). The limits
+    are checked once, in :class:`~draftwise.serve.settings.ServerSettings`."""
 
     def __init__(self, limit: int, what: str) -> None:
-        if limit < 1:
-            raise ValueError(f"the limit of {what} must be at least 1, got {limit}")
         self.limit, self.what = limit, what
         self.count = 0
 
@@ -46,10 +45,6 @@ class WorkerPool:
     """
 
     def __init__(self, max_concurrency: int, max_queue: int, what: str, thread_name: str) -> None:
-        if max_concurrency < 1 or max_queue < 0:
-            raise ValueError(
-                f"need max_concurrency >= 1 and max_queue >= 0, got {max_concurrency}, {max_queue}"
-            )
         self.max_concurrency = max_concurrency
         self.admission = Admission(max_concurrency + max_queue, what)
         self.running = 0
