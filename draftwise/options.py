@@ -33,10 +33,6 @@ def _method_defaults(name: str) -> str:
     return "; ".join(f"{value} ({', '.join(names)})" for value, names in found.items())
 
 
-def _default(cls: type, name: str) -> Any:
-    return next(f.default for f in fields(cls) if f.name == name)
-
-
 @dataclass(frozen=True)
 class ModelOptions:
     """Which models to load, on which device, in which dtype."""
@@ -85,12 +81,12 @@ class MethodOptions:
     )
     vertical: int | None = option(
         None,
-        f"speckv sparse pre-fill: keys every query sees (default {_default(SpecKV, 'vertical')})",
+        f"speckv sparse pre-fill: keys every query sees (default {SpecKV.vertical})",
         type=int,
     )
     slash: int | None = option(
         None,
-        f"speckv sparse pre-fill: local band of recent keys (default {_default(SpecKV, 'slash')})",
+        f"speckv sparse pre-fill: local band of recent keys (default {SpecKV.slash})",
         type=int,
     )
 
