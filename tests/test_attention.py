@@ -203,6 +203,38 @@ def test_recorder_takes_the_last_queries_of_each_forward_in_the_layers_asked():
     with torch.no_grad(), QueryRecorder(model, last=0) as idle:
         model(input_ids=ids)
     assert not idle._chunks, "last=0 records nothing"
+    with torch.no_grad(), QueryRecorder(model) as unset:
+        model(input_ids=ids)
+    assert not unset._chunks, "by default nothing is recorded until `last` is set"
+
+
+def test_recorder_takes_more_queries_than_the_hidden_size_has_features():
+    """``last`` counts positions (axis 1 of the hidden states ``[B, T, D]``), whatever D is."""
+    model = tiny_model("llama")
+    features = model.config.hidden_size
+    ids = torch.tensor([random_ids(features + 30, seed=5)])
+    with torch.no_grad(), QueryRecorder(model, last=features + 10, layers={0}) as recorder:
+        model(input_ids=ids)
+    assert recorder.queries(0).shape[2] == features + 10
+
+
+def test_recorder_reads_positional_arguments_as_keyword_ones():
+    """An attention module called with ``hidden_states`` and ``position_embeddings`` as positional
+    arguments (as some models do) has the same queries recorded as one called with keywords."""
+    model = tiny_model("qwen3")
+    module = attention_modules(model)[0]
+    hidden = torch.randn(1, 7, model.config.hidden_size)
+    positions = torch.arange(7)[None]
+    cos, sin = model.model.rotary_emb(hidden, positions)
+    by_keyword, by_position = QueryRecorder(model, last=3), QueryRecorder(model, last=3)
+    for recorder, args, kwargs in (
+        (by_keyword, (), {"hidden_states": hidden, "position_embeddings": (cos, sin)}),
+        (by_position, (hidden, (cos, sin)), {}),
+    ):
+        with recorder:
+            recorder._hook(module, args, kwargs, None)
+    torch.testing.assert_close(by_position.queries(0), by_keyword.queries(0), rtol=0, atol=0)
+    assert by_keyword.queries(0).shape[2] == 3
 
 
 def test_recorder_ignores_another_threads_forward():
