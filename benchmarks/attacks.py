@@ -189,7 +189,7 @@ def normal_mode(audit: Audit, target, draft, tokenizer) -> None:
         tokenizer,
         model_name=MODEL,
         defaults={"method": "full"},
-        max_concurrency=1,
+        max_batch=1,
         max_queue=1,
         max_new_tokens_limit=1000,
         dropped=dropped,

@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=150)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--max-queue", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, default=8, help="the server's --max-batch")
     parser.add_argument("--method", default="speckv")
     parser.add_argument("--out", help="write a Markdown report here")
     args = parser.parse_args()
@@ -94,6 +95,8 @@ def main() -> None:
         str(port),
         "--max-queue",
         str(args.max_queue),
+        "--max-batch",
+        str(args.max_batch),
     ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -136,6 +139,7 @@ def main() -> None:
 
     report = {
         "clients": args.clients,
+        "max_batch": args.max_batch,
         "seconds": round(wall, 1),
         "requests": len(results),
         "served": len(served),
@@ -155,8 +159,8 @@ def main() -> None:
         Path(args.out).write_text(
             "# Load test: `draftwise serve` on loopback\n\n"
             f"- Command: `python {' '.join(sys.argv)}`\n"
-            f"- Server: `draftwise serve` (embedded pair, method {args.method}, one generation at a time, "
-            f"queue {args.max_queue}); {args.clients} clients, short chat prompts, "
+            f"- Server: `draftwise serve` (embedded pair, method {args.method}, continuous batching of up "
+            f"to {args.max_batch} rows, queue {args.max_queue}); {args.clients} clients, short chat prompts, "
             f"max_tokens {args.max_tokens}; "
             "clients wait `Retry-After` after a 429.\n- Machine: this project's 2-core CPU machine.\n\n"
             f"```json\n{json.dumps(report, indent=2)}\n```\n"

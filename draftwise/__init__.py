@@ -11,7 +11,7 @@ Five lines::
 
 from draftwise import methods as _methods
 from draftwise.draft import self_draft
-from draftwise.generate import GenerationResult, GenerationStats, generate
+from draftwise.generate import GenerationRequest, GenerationResult, GenerationStats, generate, generate_batch
 from draftwise.methods import *  # noqa: F403  (every method is public API)
 from draftwise.models import load_default_pair, load_model
 from draftwise.text_compression import CompressedText, compress_text
@@ -21,10 +21,12 @@ __version__ = "0.1.0"
 __all__ = [
     *_methods.__all__,
     "CompressedText",
+    "GenerationRequest",
     "GenerationResult",
     "GenerationStats",
     "compress_text",
     "generate",
+    "generate_batch",
     "load_default_pair",
     "load_model",
     "self_draft",

@@ -12,7 +12,7 @@ back out of them with transformers' own rollback (:func:`sliding_layers_drop`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -21,7 +21,7 @@ from transformers.cache_utils import DynamicLayer
 
 
 def is_sliding(cache: DynamicCache, layer: int) -> bool:
-    return bool(getattr(cache.layers[layer], "is_sliding", False))
+    return bool(cache.layers[layer].is_sliding)  # every transformers cache layer says
 
 
 def prunable_layers(cache: DynamicCache) -> list[int]:
@@ -79,6 +79,26 @@ def head_masks(cache: DynamicCache) -> dict[int, torch.Tensor]:
     return {
         i: layer.valid for i, layer in enumerate(cache.layers) if getattr(layer, "valid", None) is not None
     }
+
+
+class LayerMasks(Mapping[int, torch.Tensor]):
+    """A live view of ``cache``'s padding masks: layer index -> that layer's ``valid`` now (a batch's
+    layers replace theirs as rows join and leave and as a sliding window moves)."""
+
+    def __init__(self, cache: DynamicCache) -> None:
+        self.cache = cache
+
+    def __getitem__(self, layer: int) -> torch.Tensor:
+        valid = getattr(self.cache.layers[layer], "valid", None) if layer < len(self.cache.layers) else None
+        if valid is None:
+            raise KeyError(layer)
+        return valid
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(head_masks(self.cache))
+
+    def __len__(self) -> int:
+        return len(head_masks(self.cache))
 
 
 @contextmanager

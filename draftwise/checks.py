@@ -129,9 +129,10 @@ def _size(size: int) -> str:
     return f"{size / 2**20:.2f} MiB"
 
 
-def kv_cache_bytes(model: nn.Module, tokens: int) -> int:
-    """Bytes of keys and values ``model`` holds for ``tokens`` tokens with nothing dropped (sliding-window
-    layers hold at most their window), from its config and weights' dtype."""
+def kv_cache_bytes(model: nn.Module, tokens: int, kept: int | None = None) -> int:
+    """Bytes of keys and values ``model`` holds for ``tokens`` tokens, from its config and weights'
+    dtype: sliding-window layers hold at most their window; full-attention layers hold ``kept``
+    positions when a method dropped some (else all ``tokens``)."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -139,5 +140,13 @@ def kv_cache_bytes(model: nn.Module, tokens: int) -> int:
     window = getattr(config, "sliding_window", None)
     kinds = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
     element = next(model.parameters()).element_size()
-    held = sum(min(tokens, window) if kind == "sliding_attention" and window else tokens for kind in kinds)
+    full = tokens if kept is None else kept
+    held = sum(min(tokens, window) if kind == "sliding_attention" and window else full for kind in kinds)
     return 2 * held * kv_heads * head_dim * element
+
+
+def reserved_kv_bytes(model: nn.Module, method: Method, prompt_length: int, new_tokens: int) -> int:
+    """Bytes of keys and values one generation holds at most once ``method`` has compressed its prompt:
+    what the method keeps (:meth:`Method.kept_length`) and the new tokens."""
+    total = prompt_length + new_tokens
+    return kv_cache_bytes(model, total, method.kept_length(prompt_length) + new_tokens)

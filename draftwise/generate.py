@@ -7,15 +7,25 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from draftwise.batching import BatchDecoder, Row
 from draftwise.cache import cache_bytes, full_cache_bytes, kept_per_head
-from draftwise.checks import check_architecture, check_draft_room, check_method, check_same_vocabulary
+from draftwise.checks import (
+    TooLarge,
+    check_architecture,
+    check_draft_room,
+    check_method,
+    check_same_vocabulary,
+    reserved_kv_bytes,
+)
 from draftwise.decoding import Sampler, decode, stop_token_ids
 from draftwise.mapping import same_tokenizer, tokenize
 from draftwise.methods import Full, Method
-from draftwise.prefill import prefill
+from draftwise.prefill import Prefill, prefill
 from draftwise.readers import OwnTokenizerReader, SameTokenizerReader
 from draftwise.shared_prefill import SharedPrefill
+from draftwise.text_stream import TextStream
 from draftwise.timing import now
 
 Prompt = str | Sequence[dict] | Sequence[int] | torch.Tensor
@@ -127,22 +137,72 @@ def generate(
             prompt (text or messages) in its own format; SpecPC's scores reach the target's tokens
             through the characters they cover, and SpecKV's lookahead through its text.
     """
+    plan = plan_generation(target, draft, tokenizer, prompt, method, max_new_tokens, reuse, draft_tokenizer)
+    sampler = Sampler(temperature, top_p, seed)
+    start = now()
+    ready = compress(target, plan)
+    # With `reuse`, the shared pre-fill and lookahead ran before `start`; their seconds count as if alone.
+    time_to_first_token = max(now() - start, ready.draft_seconds + ready.prefill_seconds)
+    tokens, decode_seconds = _timed(
+        decode,
+        target,
+        ready.prefilled.cache,
+        ready.prefilled.logits,
+        ready.kept_length,
+        max_new_tokens,
+        sampler,
+        plan.stop_ids,
+        on_token=on_token,
+    )
+    token_ids = tokens[0].tolist()
+    stats = ready.stats(plan, len(token_ids), time_to_first_token, decode_seconds)
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    return GenerationResult(text=text, token_ids=token_ids, stats=stats)
+
+
+@dataclass
+class Plan:
+    """A generation checked and ready to run: nothing computed yet."""
+
+    method: Method
+    input_ids: torch.Tensor  # [1, n] the prompt in the target's tokens
+    max_new_tokens: int
+    stop_ids: frozenset[int]
+    reader: SameTokenizerReader | OwnTokenizerReader
+    reuse: SharedPrefill | None
+    draft: nn.Module | None
+
+    @property
+    def prompt_length(self) -> int:
+        return self.input_ids.shape[1]
+
+
+def plan_generation(
+    target: nn.Module,
+    draft: nn.Module | None,
+    tokenizer,
+    prompt: Prompt,
+    method: Method | None,
+    max_new_tokens: int,
+    reuse: SharedPrefill | None = None,
+    draft_tokenizer=None,
+) -> Plan:
+    """Check everything about one generation before any work: the method, the models, the prompt and
+    whether it fits (:func:`generate`'s arguments)."""
     method = method if method is not None else Full()
     if not isinstance(method, Method):
         raise TypeError(f"method must be a draftwise method such as SpecKV(budget=256), got {method!r}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    sampler = Sampler(temperature, top_p, seed)
     check_architecture(target, "target")
     input_ids = encode(tokenizer, prompt)
     n = input_ids.shape[1]
     if n == 0:
         raise ValueError("the prompt is empty")
     need = check_method(method, target, n, max_new_tokens)
-    compresses = method.compresses(n)
-    stops = stop_token_ids(tokenizer, target)
+    stops = frozenset(stop_token_ids(tokenizer, target))
     reader: SameTokenizerReader | OwnTokenizerReader = SameTokenizerReader(draft, input_ids, stops, reuse)
-    if method.needs_draft and compresses:
+    if method.needs_draft and method.compresses(n):
         if draft is None:
             raise ValueError(f"{method.name} needs a draft model; pass draft=...")
         check_architecture(draft, "draft")
@@ -153,8 +213,48 @@ def generate(
         else:
             check_same_vocabulary(target, draft)
         check_draft_room(draft, reader.length, need)
-    start = now()
+    return Plan(method, input_ids, max_new_tokens, stops, reader, reuse, draft)
 
+
+@dataclass
+class Compressed:
+    """What a method left to decode from: the target's (pruned) cache after the prompt it read."""
+
+    prefilled: Prefill
+    kept_length: int  # prompt tokens the target read
+    lookahead_tokens: int
+    draft_seconds: float
+    prefill_seconds: float
+    # what the cache held after pre-fill (and pruning), before decoding grows it
+    kv_pairs_kept: int
+    kv_bytes: int
+    kv_bytes_full: int  # an uncompressed cache of the whole prompt
+
+    def stats(
+        self, plan: Plan, new_tokens: int, time_to_first_token: float, decode_seconds: float
+    ) -> GenerationStats:
+        return GenerationStats(
+            method=plan.method.name,
+            prompt_tokens=plan.prompt_length,
+            prompt_tokens_kept=self.kept_length,
+            kv_pairs_kept=self.kv_pairs_kept,
+            kv_bytes=self.kv_bytes,
+            kv_bytes_full=self.kv_bytes_full,
+            lookahead_tokens=self.lookahead_tokens,
+            new_tokens=new_tokens,
+            draft_seconds=self.draft_seconds,
+            prefill_seconds=self.prefill_seconds,
+            decode_seconds=decode_seconds,
+            time_to_first_token=time_to_first_token,
+            total_seconds=time_to_first_token + decode_seconds,
+        )
+
+
+@torch.no_grad()
+def compress(target: nn.Module, plan: Plan) -> Compressed:
+    """Run ``plan``'s method: the draft's work, then the target's pre-fill and pruning."""
+    method, input_ids, reuse, reader = plan.method, plan.input_ids, plan.reuse, plan.reader
+    n = plan.prompt_length
     kept_ids, lookahead_ids, draft_seconds = input_ids, None, 0.0
     prompt_stage, kv_stage = method.prompt_stage(), method.kv_stage()
     if prompt_stage is not None and prompt_stage.compresses(n):
@@ -163,7 +263,7 @@ def generate(
     # the shared pre-fill is of the whole prompt: a prompt method's shorter one is its own
     shared_prefill = reuse if reuse is not None and kept_ids is input_ids else None
     if kv_stage is not None and kv_stage.compresses(kept_ids.shape[1]):
-        steps = kv_stage.lookahead_length(max_new_tokens)
+        steps = kv_stage.lookahead_length(plan.max_new_tokens)
         if steps and lookahead_ids is None:
             lookahead_ids, seconds = reader.lookahead(steps)
             draft_seconds += seconds
@@ -178,37 +278,182 @@ def generate(
         prefilled, prefill_seconds = shared_prefill.prefill(target, kept_ids, None, None)
     else:
         prefilled, prefill_seconds = _timed(prefill, target, kept_ids)
-    kv_bytes = cache_bytes(prefilled.cache)
-    kv_pairs = kept_per_head(prefilled.cache)
-    # With `reuse`, the shared pre-fill and lookahead ran before `start`; their seconds count as if alone.
-    time_to_first_token = max(now() - start, draft_seconds + prefill_seconds)
-
-    tokens, decode_seconds = _timed(
-        decode,
-        target,
-        prefilled.cache,
-        prefilled.logits,
+    lookahead_tokens = 0 if lookahead_ids is None else lookahead_ids.shape[1]
+    cache = prefilled.cache
+    return Compressed(
+        prefilled,
         kept_ids.shape[1],
-        max_new_tokens,
-        sampler,
-        stops,
-        on_token=on_token,
+        lookahead_tokens,
+        draft_seconds,
+        prefill_seconds,
+        kept_per_head(cache),
+        cache_bytes(cache),
+        full_cache_bytes(cache, n),
     )
-    token_ids = tokens[0].tolist()
-    stats = GenerationStats(
-        method=method.name,
-        prompt_tokens=n,
-        prompt_tokens_kept=kept_ids.shape[1],
-        kv_pairs_kept=kv_pairs,
-        kv_bytes=kv_bytes,
-        kv_bytes_full=full_cache_bytes(prefilled.cache, n),
-        lookahead_tokens=0 if lookahead_ids is None else lookahead_ids.shape[1],
-        new_tokens=len(token_ids),
-        draft_seconds=draft_seconds,
-        prefill_seconds=prefill_seconds,
-        decode_seconds=decode_seconds,
-        time_to_first_token=time_to_first_token,
-        total_seconds=time_to_first_token + decode_seconds,
-    )
-    text = tokenizer.decode(token_ids, skip_special_tokens=True)
-    return GenerationResult(text=text, token_ids=token_ids, stats=stats)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt of :func:`generate_batch` with its own settings; ``None`` takes the call's."""
+
+    prompt: Prompt
+    method: Method | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: Sequence[str] = ()  # stop strings: the text ends before the first one
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+@torch.no_grad()
+def generate_batch(
+    target: nn.Module,
+    draft: nn.Module | None,
+    tokenizer,
+    prompts: Sequence[Prompt | GenerationRequest],
+    method: Method | None = None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+    max_batch: int | None = None,
+    max_memory: int | None = None,
+    draft_tokenizer=None,
+    progress: bool = False,
+) -> list[GenerationResult]:
+    """Answer several prompts, decoding them together: one :class:`GenerationResult` per prompt, in order.
+
+    Each prompt is compressed on its own (its draft work and pre-fill, one prompt at a time, so the
+    peak is one prompt's), then the rows decode together, one batched forward per step over their
+    pruned caches, each at its own true positions; a finished row leaves the batch at once. With
+    greedy decoding each row's tokens are the ones :func:`generate` gives for that prompt alone (up
+    to floating-point reduction order); sampling is seeded per row.
+
+    Args:
+        prompts: each a prompt as :func:`generate` takes it, or a :class:`GenerationRequest` carrying
+            its own method, sampling settings, token limit and stop strings.
+        method, max_new_tokens, temperature, top_p, seed, stop: the settings of prompts that do not set
+            their own. A shared ``seed`` seeds every row alike.
+        max_batch: most rows decoding at once; the next prompt is compressed and joins when a row
+            leaves (continuous batching). ``None``: every prompt at once.
+        max_memory: bytes of KV cache the batch may hold (rows are padded to the longest kept length):
+            a batch that could exceed it is refused before any work.
+        progress: a progress bar over the prompts compressed and the rows finished.
+    Needs ``eager`` or ``sdpa`` attention in the target.
+    """
+    if (
+        is_messages(prompts)
+        or isinstance(prompts, (str, torch.Tensor))
+        or (isinstance(prompts, Sequence) and prompts and all(isinstance(t, int) for t in prompts))
+    ):
+        raise TypeError("prompts must be a list of prompts, e.g. [text] or [messages], not one prompt")
+    if not isinstance(prompts, Sequence) or not prompts:
+        raise ValueError("prompts is empty: pass a list of at least one prompt")
+    if max_batch is not None and not (
+        isinstance(max_batch, int) and not isinstance(max_batch, bool) and max_batch > 0
+    ):
+        raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
+    implementation = target.config._attn_implementation
+    if implementation not in ("eager", "sdpa"):
+        raise ValueError(f"batched decoding needs 'eager' or 'sdpa' attention, not {implementation!r}")
+    plans, samplers, stops = [], [], []
+    for i, item in enumerate(prompts):
+        request = item if isinstance(item, GenerationRequest) else GenerationRequest(item)
+        try:
+            plans.append(
+                plan_generation(
+                    target,
+                    draft,
+                    tokenizer,
+                    request.prompt,
+                    _or(request.method, method),
+                    _or(request.max_new_tokens, max_new_tokens),
+                    None,
+                    draft_tokenizer,
+                )
+            )
+            sampling = (
+                _or(request.temperature, temperature),
+                _or(request.top_p, top_p),
+                _or(request.seed, seed),
+            )
+            samplers.append(Sampler(*sampling))
+            stops.append(_stop_strings(request.stop or stop))
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"prompt {i}: {error}") from error
+    width = len(plans) if max_batch is None else min(max_batch, len(plans))
+    check_batch_memory(target, plans, width, max_memory)
+
+    start = now()
+    results: list[GenerationResult | None] = [None] * len(plans)
+    decoder = BatchDecoder(target)
+    waiting = list(range(len(plans)))
+    running: dict[int, tuple[int, Compressed, TextStream, float]] = {}  # id(row) -> its prompt and state
+    with tqdm(total=len(plans), desc="generate_batch", unit="prompt", disable=not progress) as bar:
+
+        def finish(row: Row) -> None:
+            index, ready, text, first = running.pop(id(row))
+            text.finish()
+            stats = ready.stats(plans[index], len(row.tokens), first - start, now() - first)
+            results[index] = GenerationResult(text=text.text, token_ids=row.tokens, stats=stats)
+            bar.update(1)
+
+        while waiting or decoder.rows:
+            while waiting and len(decoder.rows) < width:
+                index = waiting.pop(0)
+                plan = plans[index]
+                ready = compress(target, plan)
+                text = TextStream(tokenizer, stops[index])
+                row = Row(
+                    ready.prefilled.cache,
+                    ready.prefilled.logits,
+                    ready.kept_length,  # the true position of the first new token
+                    plan.max_new_tokens,
+                    samplers[index],
+                    plan.stop_ids,
+                    on_token=_stopper(text),
+                )
+                running[id(row)] = (index, ready, text, now())
+                if not decoder.add(row):  # done at its first token
+                    finish(row)
+            for row in decoder.step():
+                finish(row)
+    return results  # type: ignore[return-value]
+
+
+def _stop_strings(stop: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not all(isinstance(s, str) for s in stop):
+        raise TypeError(f"stop must be a list of strings, got {stop!r}")
+    return tuple(s for s in stop if s)
+
+
+def _stopper(text: TextStream) -> Callable[[int], bool]:
+    def on_token(token: int) -> bool:
+        text.feed(token)
+        return text.stopped
+
+    return on_token
+
+
+def check_batch_memory(target: nn.Module, plans: Sequence[Plan], width: int, limit: int | None) -> None:
+    """Raise :class:`~draftwise.checks.TooLarge` if ``width`` rows could hold more KV bytes than ``limit``:
+    every row is padded to the widest row's kept prompt and new tokens (:func:`reserved_kv_bytes`)."""
+    if limit is None:
+        return
+    widest = max(plans, key=lambda p: p.method.kept_length(p.prompt_length) + p.max_new_tokens)
+    row = reserved_kv_bytes(target, widest.method, widest.prompt_length, widest.max_new_tokens)
+    needed = width * row
+    if needed > limit:
+        positions = widest.method.kept_length(widest.prompt_length) + widest.max_new_tokens
+        raise TooLarge(
+            f"this batch may hold about {needed / 2**20:.2f} MiB of KV cache ({width} rows of up to "
+            f"{positions} positions), over max_memory of {limit / 2**20:.2f} MiB: pass fewer prompts or a "
+            "smaller max_batch, or compress more"
+        )

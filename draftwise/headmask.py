@@ -10,6 +10,7 @@ attention. Flash attention takes no per-head mask, so it is refused with a clear
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -26,10 +27,11 @@ class HeadMaskedAttention(AttentionOverride):
 
     implementation = HEAD_MASKED_ATTENTION
 
-    def __init__(self, model: nn.Module, valid: dict[int, torch.Tensor]) -> None:
+    def __init__(self, model: nn.Module, valid: Mapping[int, torch.Tensor]) -> None:
         super().__init__(model)
-        self.valid = valid
-        self._masks: dict[int, torch.Tensor] = {}  # layer -> additive [B, H, 1, capacity]
+        self.valid = valid  # a dict, or a live view (draftwise.cache.LayerMasks) read at each call
+        # layer -> (the valid mask it was built from, additive [B, H, 1, capacity])
+        self._masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __enter__(self) -> HeadMaskedAttention:
         implementation = self.model.config._attn_implementation
@@ -48,21 +50,22 @@ class HeadMaskedAttention(AttentionOverride):
     def mask(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor | None:
         """Additive mask ``[B, H, q, K]`` hiding the padded positions of ``module``'s layer.
 
-        Built once per layer with room for the tokens to come (zeros: always visible), then sliced,
-        so a decoding step adds no work per layer beyond attention itself.
+        Built once per layer and ``valid`` mask with room for the tokens to come (zeros: always
+        visible), then sliced, so a decoding step adds no work per layer beyond attention itself.
         """
         layer = module.layer_idx
         valid = self.valid.get(layer)
         if valid is None:
             return None
         length = key.shape[2]
-        mask = self._masks.get(layer)
-        if mask is None or mask.shape[-1] < length or mask.dtype != query.dtype:
+        source, mask = self._masks.get(layer, (None, None))
+        if source is not valid or mask.shape[-1] < length or mask.dtype != query.dtype:
             capacity = max(length, valid.shape[-1]) + 256
-            valid = torch.cat([valid, valid.new_ones(*valid.shape[:2], capacity - valid.shape[-1])], dim=-1)
-            valid = valid.to(key.device).repeat_interleave(query.shape[1] // key.shape[1], dim=1)[:, :, None]
-            hidden = torch.zeros(valid.shape, dtype=query.dtype, device=query.device)
-            mask = self._masks[layer] = hidden.masked_fill(~valid, torch.finfo(query.dtype).min)
+            grown = torch.cat([valid, valid.new_ones(*valid.shape[:2], capacity - valid.shape[-1])], dim=-1)
+            grown = grown.to(key.device).repeat_interleave(query.shape[1] // key.shape[1], dim=1)[:, :, None]
+            hidden = torch.zeros(grown.shape, dtype=query.dtype, device=query.device)
+            mask = hidden.masked_fill(~grown, torch.finfo(query.dtype).min)
+            self._masks[layer] = (valid, mask)
         return mask[..., :length].expand(-1, -1, query.shape[2], -1)
 
     def attention(self, module, query, key, value, attention_mask, **kwargs):

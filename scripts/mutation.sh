@@ -59,13 +59,13 @@ fi
 
 default_modules="draftwise/methods/*.py draftwise/scoring.py draftwise/prefill.py draftwise/cache.py \
 draftwise/token_selection.py draftwise/text_compression.py draftwise/mapping.py draftwise/sparse.py draftwise/decoding.py draftwise/attention.py \
-draftwise/headmask.py"
+draftwise/headmask.py draftwise/batching.py"
 modules="${MUTATE:-$default_modules}"
 tests="tests/test_references.py tests/test_forced_exactness.py tests/test_exactness.py \
 tests/test_selection.py tests/test_baselines.py tests/test_adakv.py tests/test_sparse.py \
 tests/test_cross_tokenizer.py tests/test_positions.py tests/test_shared_prefill.py tests/test_sampling.py \
 tests/test_attention.py tests/test_self_draft.py tests/test_errors.py tests/test_scoring_helpers.py \
-tests/test_mapping.py tests/test_compress_text.py tests/test_cache.py tests/test_decoding.py"
+tests/test_mapping.py tests/test_compress_text.py tests/test_cache.py tests/test_decoding.py tests/test_batching.py"
 to_list() { printf '"%s", ' "$@" | sed 's/, $//'; }
 if ! grep -q '^\[tool.mutmut\]' pyproject.toml; then
     # shellcheck disable=SC2086  # globs and word lists on purpose

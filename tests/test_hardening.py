@@ -249,7 +249,7 @@ def slow_server(models, **limits) -> Iterator[str]:
     target = tiny_model("qwen2", seed=0)
     target.register_forward_pre_hook(lambda module, args: time.sleep(0.05))
     app = create_app(
-        target, draft, tokenizer, model_name=MODEL, defaults={"method": "full"}, max_concurrency=1,
+        target, draft, tokenizer, model_name=MODEL, defaults={"method": "full"}, max_batch=1,
         max_new_tokens_limit=1000, **limits,
     )  # fmt: skip
     with running(app) as base:
@@ -323,7 +323,7 @@ def test_a_full_queue_answers_429_before_reading_the_prompt(models):
     calls: list[bool] = []
     app = create_app(
         target, draft, WatchedTokenizer.of(tokenizer, calls), model_name=MODEL, defaults={"method": "full"},
-        max_queue=0, max_new_tokens_limit=1000,
+        max_batch=1, max_queue=0, max_new_tokens_limit=1000,
     )  # fmt: skip
     with running(app) as base, ThreadPoolExecutor(1) as pool:
         busy = pool.submit(post, base, TEXT, {"model": MODEL, "prompt": "w7 w8", "max_tokens": 100})

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import forced, real_models_enabled
 
-from draftwise import Full, SpecKV, SpecKVPC, SpecPC, generate, load_model
+from draftwise import Full, GenerationRequest, SpecKV, SpecKVPC, SpecPC, generate, generate_batch, load_model
 from draftwise.bench.needle import needle_case
 from draftwise.decoding import decode
 from draftwise.draft import lookahead
@@ -78,3 +78,19 @@ def test_cross_tokenizer_draft_retrieves_the_needle_at_4k(pair):
     assert out.stats.prompt_tokens >= 4000 and out.stats.prompt_tokens_kept == 1024
     assert out.stats.kv_pairs_kept == 256 and out.stats.lookahead_tokens > 0
     assert case.answer in out.text, out.text
+
+
+def test_batched_rows_answer_as_each_prompt_alone(pair):
+    """The real pair (its own dtype): three needle prompts of different lengths, each with another
+    method, decoded together, give each prompt's own answer token for token."""
+    target, draft, tokenizer = pair
+    requests = [
+        GenerationRequest(needle_case(tokenizer, context_tokens=n, seed=s).messages, method=m)
+        for n, s, m in ((300, 1, Full()), (500, 2, SpecKV(budget=128)), (700, 3, SpecPC(budget=256)))
+    ]
+    alone = [
+        generate(target, draft, tokenizer, r.prompt, method=r.method, max_new_tokens=12) for r in requests
+    ]
+    together = generate_batch(target, draft, tokenizer, requests, max_new_tokens=12)
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    assert together[1].stats.kv_pairs_kept == 128 and together[2].stats.prompt_tokens_kept == 256

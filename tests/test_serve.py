@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +26,8 @@ from draftwise.serve import add_serve_arguments, create_app, serve  # noqa: E402
 from draftwise.serve.jobs import Defaults  # noqa: E402
 from draftwise.serve.main import server_settings  # noqa: E402
 from draftwise.serve.schemas import DraftwiseOptions  # noqa: E402
-from draftwise.serve.settings import ServerSettings  # noqa: E402
-from draftwise.serve.text import TextStream  # noqa: E402
-from draftwise.serve.worker import ModelLock  # noqa: E402
+from draftwise.serve.settings import DEFAULT_MAX_BATCH, ServerSettings  # noqa: E402
+from draftwise.text_stream import TextStream  # noqa: E402
 
 MODEL = "tiny"
 KEY = "secret-key"
@@ -267,7 +265,7 @@ def slow_server(models, max_queue: int, seconds_per_forward: float = 0.05) -> It
         tokenizer,
         model_name=MODEL,
         defaults={"method": "full"},
-        max_concurrency=1,
+        max_batch=1,
         max_queue=max_queue,
         max_new_tokens_limit=1000,
     )
@@ -353,16 +351,18 @@ def test_bad_defaults_fail_at_creation(models):
         create_app(target, None, tokenizer, model_name=MODEL, defaults={"method": "speckv"})
     with pytest.raises(ValueError, match="takes no option 'sinks'"):
         create_app(target, draft, tokenizer, model_name=MODEL, defaults={"method": "speckv", "sinks": 4})
-    with pytest.raises(ValueError, match="max_concurrency"):
-        create_app(target, draft, tokenizer, model_name=MODEL, max_concurrency=0)
+    with pytest.raises(ValueError, match="max_batch"):
+        create_app(target, draft, tokenizer, model_name=MODEL, max_batch=0)
 
 
 def test_concurrent_generations_answer_as_they_would_alone(models):
+    """Requests sent at once, each with its own method, decode together (steps over several rows) and
+    answer as each does alone."""
     target, draft, tokenizer = models
     options = [
         {"method": "speckv", "budget": 24, "window": 8, "lookahead": 4},
         {"method": "snapkv", "budget": 24, "window": 8},
-        {"method": "adakv", "budget": 24, "window": 8},  # switches attention: runs alone
+        {"method": "adakv", "budget": 24, "window": 8},
         {"method": "specpc", "budget": 24, "window": 8, "first_layer": 1},
         {"method": "full"},
     ] * 2
@@ -374,65 +374,58 @@ def test_concurrent_generations_answer_as_they_would_alone(models):
         assert response.status_code == 200, response.text
         return response.json()["choices"][0]["text"]
 
-    app = create_app(target, draft, tokenizer, model_name=MODEL, defaults={"method": "full"})
+    app = create_app(target, draft, tokenizer, model_name=MODEL, defaults={"method": "full"}, max_batch=1)
     with running(app) as base:
         alone = [ask(base, i) for i in range(len(options))]
-    app = create_app(
-        target, draft, tokenizer, model_name=MODEL, defaults={"method": "full"}, max_concurrency=4
-    )
-    # Each forward of the target notes its thread and yields the GIL a moment, so that generations
-    # running at once interleave their steps.
-    forwards: list[int] = []
-
-    def note(module, args):
-        forwards.append(threading.get_ident())
-        time.sleep(0.002)
-
-    handle = target.register_forward_pre_hook(note)
+    app = create_app(target, draft, tokenizer, model_name=MODEL, defaults={"method": "full"}, max_batch=4)
+    rows: list[int] = []  # the rows of each one-token step of the target
+    handle = target.register_forward_pre_hook(_note_decode_rows(rows), with_kwargs=True)
     try:
         with running(app) as base, ThreadPoolExecutor(len(options)) as pool:
             together = list(pool.map(lambda i: ask(base, i), range(len(options))))
     finally:
         handle.remove()
     assert together == alone
-    spans = {t: (forwards.index(t), len(forwards) - 1 - forwards[::-1].index(t)) for t in set(forwards)}
-    overlapping = [
-        (a, b)
-        for a in spans
-        for b in spans
-        if a < b and spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
-    ]
-    assert overlapping, "the requests ran one after another, not at once"
+    assert max(rows) > 1, "the requests decoded one after another, not together"
+    assert max(rows) <= 4
 
 
-def test_model_lock_runs_attention_switching_generations_alone():
-    lock, events, guard = ModelLock(), [], threading.Lock()
+def _note_decode_rows(rows: list[int]):
+    def note(module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is not None and ids.shape[1] == 1:
+            rows.append(ids.shape[0])
+        time.sleep(0.002)  # let requests arriving meanwhile join
 
-    def work(name: str, exclusive: bool) -> None:
-        with lock.hold(exclusive):
-            with guard:
-                events.append(("start", name))
-            time.sleep(0.05)
-            with guard:
-                events.append(("end", name))
+    return note
 
-    jobs = [("a", False), ("b", False), ("x", True), ("c", False), ("y", True)]
-    threads = [threading.Thread(target=work, args=job) for job in jobs]
-    for thread in threads:
-        thread.start()
-        time.sleep(0.005)
-    for thread in threads:
-        thread.join()
-    running_now: set[str] = set()
-    for kind, name in events:
-        if kind == "start":
-            exclusive = name in "xy"
-            assert not (exclusive and running_now), f"{name} started beside {running_now}"
-            assert not any(n in "xy" for n in running_now), f"{name} started beside {running_now}"
-            running_now.add(name)
-        else:
-            running_now.discard(name)
-    assert len(events) == 2 * len(jobs)
+
+def test_kv_cache_memory_admits_more_compressed_requests_than_full_ones(models):
+    """Under one --kv-cache-memory, Full requests decode two at a time and SnapKV@24 ones (a quarter of
+    the positions) all six together; a request that alone needs more than the limit gets 400."""
+    target, draft, tokenizer = models
+    prompt = " ".join(f"w{6 + k % 80}" for k in range(92))
+    full_row = kv_cache_bytes(target, 92 + 8)
+    settings = dict(model_name=MODEL, defaults={"method": "full"}, max_batch=8, kv_cache_memory=2 * full_row)
+    for method, most in (({"method": "full"}, 2), ({"method": "snapkv", "budget": 24, "window": 8}, 6)):
+        rows: list[int] = []
+        handle = target.register_forward_pre_hook(_note_decode_rows(rows), with_kwargs=True)
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": 8, "draftwise": method}
+        app = create_app(target, draft, tokenizer, **settings)
+        try:
+            with running(app) as base, ThreadPoolExecutor(6) as pool:
+                posts = [pool.submit(httpx.post, base + TEXT, json=body, timeout=120) for _ in range(6)]
+                responses = [post.result() for post in posts]
+                assert httpx.get(base + "/health").json()["kv_cache_reserved_bytes"] == 0
+        finally:
+            handle.remove()
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+        assert max(rows) == most, (method, rows)
+    tight = dict(settings, kv_cache_memory=full_row - 1)
+    with running(create_app(target, draft, tokenizer, **tight)) as base:
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": 8}
+        response = httpx.post(base + TEXT, json=body, timeout=60)
+        assert response.status_code == 400 and "kv_cache_memory" in response.json()["error"]["message"]
 
 
 def test_unexpected_error_is_a_json_500(models):
@@ -452,7 +445,8 @@ def test_unexpected_error_is_a_json_500(models):
 
 def test_serve_arguments():
     args = add_serve_arguments(argparse.ArgumentParser()).parse_args(["--method", "full", "--budget", "64"])
-    assert args.func is serve and args.host == "127.0.0.1" and args.max_concurrency == 1
+    assert args.func is serve and args.host == "127.0.0.1" and args.max_batch == 8
+    assert args.kv_cache_memory is None
     assert (args.method, args.budget, args.max_new_tokens) == ("full", 64, 256)
 
 
@@ -514,6 +508,8 @@ def test_the_serve_command_builds_one_settings_object():
         ({"upstream": "http://127.0.0.1/v1", "max_forwarded": 0}, "forwarded"),
         ({"max_queue": -1}, "max_queue"),
         ({"max_concurrency": 0}, "max_concurrency"),
+        ({"max_batch": 0}, "max_batch"),
+        ({"kv_cache_memory": 0}, "kv_cache_memory"),
         ({"max_body_bytes": 0}, "max_body_bytes"),
         ({"max_request_bytes": 0}, "max_request_bytes"),
     ],
@@ -530,6 +526,6 @@ def test_create_app_takes_settings_or_their_fields():
         create_app(target, None, tokenizer, given),
         create_app(target, None, tokenizer, model_name=MODEL, defaults={"method": "full"}, max_queue=0),
     ):
-        assert app.state.engine.pool.admission.limit == 1
+        assert app.state.engine.admission.limit == DEFAULT_MAX_BATCH
     with pytest.raises(TypeError):
         create_app(target, None, tokenizer, model_name=MODEL, colour="red")

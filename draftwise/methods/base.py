@@ -139,6 +139,11 @@ class Method:
             return Footprint(max_new_tokens, 0)
         return Footprint(max_new_tokens, None)
 
+    def kept_length(self, prompt_length: int) -> int:
+        """Positions per KV head a full-attention layer of the target holds after compression, on
+        average over layers and heads (before any token is generated)."""
+        return prompt_length
+
     def prompt_stage(self) -> PromptMethod | None:
         """The stage that drops prompt tokens before the target reads them (``None``: it reads all)."""
         return None
@@ -171,6 +176,9 @@ class Budgeted(Method):
 
     def compresses(self, prompt_length: int) -> bool:
         return self.budget < prompt_length
+
+    def kept_length(self, prompt_length: int) -> int:
+        return min(prompt_length, self.budget)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,9 @@ class SpecKVPC(Method):
     def compresses(self, prompt_length: int) -> bool:
         return self.prompt_stage().compresses(prompt_length) or self.kv_stage().compresses(prompt_length)
 
+    def kept_length(self, prompt_length: int) -> int:
+        return min(prompt_length, self.prompt_budget, self.kv_budget)
+
     def footprint(self, prompt_length: int, max_new_tokens: int) -> Footprint:
         """The draft writes one lookahead (the last token read too); the KV stage pre-fills it."""
         if not self.compresses(prompt_length):

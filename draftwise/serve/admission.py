@@ -1,8 +1,7 @@
 """Admission: how many requests the server takes on at once; beyond that, 429 before any work.
 
-:class:`Admission` counts places; :class:`WorkerPool` adds the threads that run blocking work (a
-generation, a compression) a few at a time. Local generations and upstream mode's compressions both
-go through a :class:`WorkerPool`.
+:class:`Admission` counts places (the batch scheduler's requests, upstream mode's forwarded ones);
+:class:`WorkerPool` adds the threads that run upstream mode's compressions a few at a time.
 """
 
 from __future__ import annotations

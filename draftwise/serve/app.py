@@ -124,7 +124,9 @@ def create_app(
     default_method = defaults.build_method(None)
     if default_method.needs_draft and draft is None:
         raise ValueError(f"the default method {default_method.name} needs a draft model")
-    engine = Engine(target, draft, tokenizer, settings.max_concurrency, settings.max_queue)
+    engine = Engine(
+        target, draft, tokenizer, settings.max_batch, settings.max_queue, settings.kv_cache_memory
+    )
     started = int(time.time())
     app = new_app("OpenAI-compatible draftwise server", settings, engine.close)
     app.state.engine = engine
@@ -169,7 +171,13 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": model_name, "running": engine.running, "waiting": engine.waiting}
+        return {
+            "status": "ok",
+            "model": model_name,
+            "running": engine.running,
+            "waiting": engine.waiting,
+            "kv_cache_reserved_bytes": engine.reserved_bytes,
+        }
 
     @app.get("/v1/models")
     async def models() -> ModelList:

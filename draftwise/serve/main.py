@@ -13,6 +13,7 @@ from draftwise.options import MethodOptions, ModelOptions, add_arguments, from_a
 from draftwise.serve.settings import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_LIMIT_CONCURRENCY,
+    DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_FORWARDED,
@@ -45,11 +46,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--temperature", type=float, default=0.0, help="for requests without one (0: greedy)")
     parser.add_argument("--top-p", type=float, default=1.0, help="for requests without one")
     parser.add_argument(
-        "--max-concurrency",
-        type=int,
-        default=DEFAULT_MAX_CONCURRENCY,
-        help="generations run at once (AdaKV and sparse pre-fill run alone)",
-    )
+        "--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+        help="requests decoding together (continuous batching); more wait in the queue",
+    )  # fmt: skip
+    parser.add_argument(
+        "--kv-cache-memory", type=float, metavar="MIB",
+        help="KV cache the running batch may hold: a request reserves what its method keeps plus "
+        "max_tokens, and waits for room (default: no limit but --max-batch)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-concurrency", type=int, default=DEFAULT_MAX_CONCURRENCY,
+        help="upstream mode: compressions run at once",
+    )  # fmt: skip
     parser.add_argument(
         "--max-queue", type=int, default=DEFAULT_MAX_QUEUE, help="requests waiting; beyond: 429"
     )
@@ -154,6 +162,8 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(
         model_name=args.model_name or args.target,
         defaults=defaults,
+        max_batch=args.max_batch,
+        kv_cache_memory=None if args.kv_cache_memory is None else int(args.kv_cache_memory * 2**20),
         max_concurrency=args.max_concurrency,
         max_queue=args.max_queue,
         api_key=args.api_key,

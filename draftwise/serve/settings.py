@@ -10,7 +10,8 @@ from typing import Any
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_NEW_TOKENS_LIMIT = 4096
-DEFAULT_MAX_CONCURRENCY = 1
+DEFAULT_MAX_CONCURRENCY = 1  # upstream mode: compressions at once
+DEFAULT_MAX_BATCH = 8  # rows decoding together
 DEFAULT_MAX_QUEUE = 8
 RETRY_AFTER_SECONDS = 1
 DEFAULT_UPSTREAM_TIMEOUT = 600.0  # seconds, upstream mode
@@ -29,10 +30,14 @@ class ServerSettings:
         defaults: server-side defaults, e.g. ``{"method": "speckv", "budget": 256, "max_tokens": 256,
             "temperature": 0.0, "top_p": 1.0}``; a request's ``"draftwise"`` field overrides the method
             and its options (the default options apply only when it keeps the default method).
-        max_concurrency: generations (upstream mode: compressions) run at once, in worker threads
-            sharing the models; a generation that switches the attention implementation (AdaKV,
-            SpecKV's sparse pre-fill) runs alone.
-        max_queue: requests that may wait for a thread; beyond them the answer is 429 with ``Retry-After``.
+        max_batch: requests decoding together (continuous batching: one scheduler thread compresses
+            each and adds it to the running batch; see :mod:`draftwise.serve.worker`).
+        kv_cache_memory: bytes of KV cache the running batch may hold; a request reserves what its
+            method keeps plus ``max_tokens`` (rows padded to the widest) and waits for room; one that
+            alone needs more gets 400. ``None``: only ``max_batch`` bounds the batch.
+        max_concurrency: upstream mode: compressions run at once, in worker threads.
+        max_queue: requests that may wait (for a place in the batch, or upstream mode's threads);
+            beyond them the answer is 429 with ``Retry-After``.
         api_key: if set, every route but ``/health`` needs ``Authorization: Bearer <api_key>``.
         max_body_bytes: larger request bodies get 413.
         max_new_tokens_limit: the most ``max_tokens`` a request may ask for (normal mode).
@@ -51,6 +56,8 @@ class ServerSettings:
 
     model_name: str | None = None
     defaults: Mapping[str, Any] | None = None
+    max_batch: int = DEFAULT_MAX_BATCH
+    kv_cache_memory: int | None = None
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     max_queue: int = DEFAULT_MAX_QUEUE
     api_key: str | None = None
@@ -70,6 +77,10 @@ class ServerSettings:
             or (self.max_request_bytes is not None and self.max_request_bytes < 1)
         ):
             raise ValueError("max_body_bytes, max_new_tokens_limit and max_request_bytes must be positive")
+        if self.max_batch < 1 or (self.kv_cache_memory is not None and self.kv_cache_memory < 1):
+            raise ValueError(
+                f"need max_batch >= 1 and kv_cache_memory >= 1, got {self.max_batch}, {self.kv_cache_memory}"
+            )
         if self.max_concurrency < 1 or self.max_queue < 0:
             raise ValueError(
                 f"need max_concurrency >= 1 and max_queue >= 0, got {self.max_concurrency}, {self.max_queue}"

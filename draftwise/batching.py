@@ -1,0 +1,233 @@
+"""Decoding many sequences together over their own (possibly pruned) caches.
+
+Each sequence arrives with the cache its method left (a ``DynamicCache`` of one row: full layers,
+:class:`~draftwise.cache.PrunedLayer`\\ s, sliding-window layers) and the logits of its last prompt
+position. :class:`BatchDecoder` merges the caches into one batched cache, layer by layer, left-padding
+each row to the longest (the padding marked in each layer's ``valid`` mask and never attended, as
+AdaKV's padding is: :class:`~draftwise.headmask.HeadMaskedAttention`), and runs one forward per step
+for every running row, each at its own true position. A row leaves when it is done (its entries are
+dropped at once); a row may join between any two steps.
+
+Left padding keeps the rows aligned on the right, where every step appends one token per row, so a
+sliding-window layer's "last ``window - 1`` entries" are the same columns for every row and
+transformers' own window trimming serves all rows at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+from draftwise.cache import LayerMasks
+from draftwise.decoding import Sampler
+from draftwise.headmask import HeadMaskedAttention
+
+
+class BatchLayer(DynamicLayer):
+    """A full-attention layer holding several rows left-padded to one length.
+
+    ``valid`` ``[B, G, L0]`` marks the real entries among the first ``L0``; entries appended later
+    (decoded tokens, one per row per step) are always real.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | None) -> None:
+        super().__init__()
+        self.dtype, self.device = keys.dtype, keys.device
+        self.keys, self.values = keys, values
+        self.is_initialized = True
+        self.valid = valid
+
+
+class BatchSlidingLayer(DynamicSlidingWindowLayer):
+    """A sliding-window layer holding several rows, left-padded: ``valid`` ``[B, G, L]`` marks the real
+    entries of the states the last :meth:`update` returned (the held ones and the new token)."""
+
+    def __init__(
+        self, sliding_window: int, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | None
+    ) -> None:
+        super().__init__(sliding_window)
+        self.lazy_initialization(keys, values)
+        self.keys, self.values = keys, values
+        self.cumulative_length = keys.shape[2]
+        self.valid = valid
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        held = self.keys.shape[2]
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        if self.valid is not None:
+            new = self.valid.new_ones(*self.valid.shape[:2], key_states.shape[2])
+            self.valid = torch.cat([self.valid[..., self.valid.shape[-1] - held :], new], dim=-1)
+            if self.valid.all():
+                self.valid = None  # the padding has slid out of the window
+        return keys, values
+
+
+def _row_states(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A layer's keys, values ``[B, G, L, d]`` and the mask of their real entries (``None``: all)."""
+    valid = getattr(layer, "valid", None)
+    length = layer.keys.shape[2]
+    if valid is not None and valid.shape[-1] != length:
+        if valid.shape[-1] < length:  # the decoded tokens after a pruned prompt
+            valid = torch.cat([valid, valid.new_ones(*valid.shape[:2], length - valid.shape[-1])], dim=-1)
+        else:  # a sliding layer's mask covers its last returned states: keep the held ones
+            valid = valid[..., valid.shape[-1] - length :]
+    return layer.keys, layer.values, valid
+
+
+def _left_pad(states, length: int):
+    keys, values, valid = states
+    batch, heads, held, _ = keys.shape
+    if valid is None:
+        valid = torch.ones(batch, heads, held, dtype=torch.bool, device=keys.device)
+    missing = length - held
+    if missing == 0:
+        return keys, values, valid
+    pad = (0, 0, missing, 0)
+    return (
+        torch.nn.functional.pad(keys, pad),
+        torch.nn.functional.pad(values, pad),
+        torch.nn.functional.pad(valid, (missing, 0), value=False),
+    )
+
+
+def merge_layers(layers: list[DynamicLayer]) -> DynamicLayer:
+    """One batched layer from layers of the same model (each one or more rows), left-padded."""
+    states = [_row_states(layer) for layer in layers]
+    length = max(keys.shape[2] for keys, _, _ in states)
+    if all(valid is None and keys.shape[2] == length for keys, _, valid in states):
+        keys = torch.cat([keys for keys, _, _ in states], dim=0)
+        values = torch.cat([values for _, values, _ in states], dim=0)
+        valid = None
+    else:
+        padded = [_left_pad(s, length) for s in states]
+        keys, values, valid = (torch.cat(part, dim=0) for part in zip(*padded, strict=True))
+    if isinstance(layers[0], DynamicSlidingWindowLayer):
+        return BatchSlidingLayer(layers[0].sliding_window, keys, values, valid)
+    return BatchLayer(keys, values, valid)
+
+
+def select_rows(layer: DynamicLayer, rows: torch.Tensor) -> DynamicLayer:
+    """``layer`` keeping batch rows ``rows``; columns that are padding in every kept row are dropped."""
+    keys, values, valid = _row_states(layer)
+    keys, values = keys.index_select(0, rows), values.index_select(0, rows)
+    if valid is not None:
+        valid = valid.index_select(0, rows)
+        real = valid.any(dim=1).any(dim=0).nonzero()
+        start = int(real[0]) if real.numel() else valid.shape[-1]
+        keys, values, valid = keys[:, :, start:], values[:, :, start:], valid[..., start:]
+        if valid.all():
+            valid = None
+    if isinstance(layer, DynamicSlidingWindowLayer):
+        return BatchSlidingLayer(layer.sliding_window, keys, values, valid)
+    return BatchLayer(keys, values, valid)
+
+
+@dataclass(eq=False)  # rows compare by identity
+class Row:
+    """One sequence decoding in a batch.
+
+    ``cache`` ``[1, ...]`` and ``logits`` ``[1, V]`` are what pre-fill left; ``position`` is the true
+    position of the first new token (the uncompressed prompt's length). ``on_token`` is called with
+    each new token; ``True`` ends the row after it (a stop string), an exception it raises ends the
+    row and is kept in ``error``.
+    """
+
+    cache: DynamicCache
+    logits: torch.Tensor
+    position: int
+    max_new_tokens: int
+    sampler: Sampler = field(default_factory=Sampler)
+    stop_ids: frozenset[int] = frozenset()
+    on_token: Callable[[int], bool | None] | None = None
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" or "length" once done; "error" if on_token raised
+    error: BaseException | None = None
+
+    def take(self, token: int) -> bool:
+        """Record ``token``; True when the row is done."""
+        self.tokens.append(token)
+        self.position += 1
+        try:
+            halted = self.on_token is not None and self.on_token(token) is True
+        except Exception as error:  # noqa: BLE001  (a client gone: the row ends, the batch goes on)
+            self.error, self.finish_reason = error, "error"
+            return True
+        if halted or token in self.stop_ids:
+            self.finish_reason = "stop"
+        elif len(self.tokens) >= self.max_new_tokens:
+            self.finish_reason = "length"
+        return self.finish_reason is not None
+
+
+class BatchDecoder:
+    """Rows decoding together: :meth:`add` a row (it takes its first token at once), :meth:`step`
+    until :attr:`rows` is empty. Each step is one forward of ``model`` over every running row.
+
+    Needs ``eager`` or ``sdpa`` attention (the padding is masked per row and head).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.rows: list[Row] = []
+        self.cache = DynamicCache(config=model.config)  # one object; its layers are replaced in place
+        self.cache.layers = []
+        self.masks = LayerMasks(self.cache)
+
+    def add(self, row: Row) -> bool:
+        """Take ``row``'s first token; if it is not done at once, it joins the batch. Returns whether it
+        joined."""
+        token = int(row.sampler(row.logits)[0])
+        if row.take(token):
+            return False
+        if self.rows:
+            pairs = zip(self.cache.layers, row.cache.layers, strict=True)
+            self.cache.layers = [merge_layers([mine, theirs]) for mine, theirs in pairs]
+        else:
+            self.cache.layers = [merge_layers([layer]) for layer in row.cache.layers]
+        row.cache = None  # its entries live in the batch now
+        self.rows.append(row)
+        return True
+
+    def step(self) -> list[Row]:
+        """One token for every running row; returns the rows that finished (and left the batch)."""
+        if not self.rows:
+            return []
+        model, device = self.model, self.model.device
+        tokens = torch.tensor([[row.tokens[-1]] for row in self.rows], device=device)
+        positions = torch.tensor([[row.position - 1] for row in self.rows], device=device)
+        # Every key is visible to each new token except padding, which the head mask hides per layer.
+        visible = torch.zeros(1, 1, 1, 1, dtype=model.dtype, device=device)
+        with HeadMaskedAttention(model, self.masks):
+            out = model(
+                input_ids=tokens,
+                past_key_values=self.cache,
+                position_ids=positions,
+                attention_mask=visible,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        logits = out.logits[:, -1]
+        chosen = [int(row.sampler(logits[i : i + 1])[0]) for i, row in enumerate(self.rows)]
+        finished = [row for row, token in zip(self.rows, chosen, strict=True) if row.take(token)]
+        if finished:
+            self._leave(finished)
+        return finished
+
+    def remove(self, row: Row) -> None:
+        """Take ``row`` out of the batch now (a client went away)."""
+        if row in self.rows:
+            self._leave([row])
+
+    def _leave(self, rows: list[Row]) -> None:
+        keep = [i for i, row in enumerate(self.rows) if row not in rows]
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self.cache.layers = []
+            return
+        index = torch.tensor(keep, device=self.cache.layers[0].keys.device)
+        self.cache.layers = [select_rows(layer, index) for layer in self.cache.layers]
