@@ -176,7 +176,8 @@ class BatchDecoder:
         self.rows: list[Row] = []
         self.cache = DynamicCache(config=model.config)  # one object; its layers are replaced in place
         self.cache.layers = []
-        self.masks = LayerMasks(self.cache)
+        # one override for every step, so each layer's mask is built once per batch composition
+        self._padding = HeadMaskedAttention(model, LayerMasks(self.cache))
 
     def add(self, row: Row) -> bool:
         """Take ``row``'s first token; if it is not done at once, it joins the batch. Returns whether it
@@ -202,7 +203,7 @@ class BatchDecoder:
         positions = torch.tensor([[row.position - 1] for row in self.rows], device=device)
         # Every key is visible to each new token except padding, which the head mask hides per layer.
         visible = torch.zeros(1, 1, 1, 1, dtype=model.dtype, device=device)
-        with HeadMaskedAttention(model, self.masks):
+        with self._padding:
             out = model(
                 input_ids=tokens,
                 past_key_values=self.cache,

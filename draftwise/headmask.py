@@ -56,6 +56,7 @@ class HeadMaskedAttention(AttentionOverride):
         layer = module.layer_idx
         valid = self.valid.get(layer)
         if valid is None:
+            self._masks.pop(layer, None)  # a batch layer whose padding is gone
             return None
         length = key.shape[2]
         source, mask = self._masks.get(layer, (None, None))
