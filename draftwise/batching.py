@@ -132,9 +132,10 @@ class Row:
     """One sequence decoding in a batch.
 
     ``cache`` ``[1, ...]`` and ``logits`` ``[1, V]`` are what pre-fill left; ``position`` is the true
-    position of the first new token (the uncompressed prompt's length). ``on_token`` is called with
-    each new token; ``True`` ends the row after it (a stop string), an exception it raises ends the
-    row and is kept in ``error``.
+    position of the first new token: the length of the prompt as the target read it (the whole
+    prompt for KV methods, the kept tokens for prompt methods). ``on_token`` is called with each new
+    token; ``True`` ends the row after it (a stop string), an exception it raises ends the row and is
+    kept in ``error``.
     """
 
     cache: DynamicCache
