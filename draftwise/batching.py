@@ -26,6 +26,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from draftwise.cache import LayerMasks
 from draftwise.decoding import Sampler
 from draftwise.headmask import HeadMaskedAttention
+from draftwise.prefill import Prefill
 
 
 class BatchLayer(DynamicLayer):
@@ -148,6 +149,25 @@ class Row:
     tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" or "length" once done; "error" if on_token raised
     error: BaseException | None = None
+    # the lookahead tokens the target accepted (already in ``cache``), and the token after them when
+    # a rejection chose it (draftwise.acceptance); taken before the row joins
+    verified: list[int] = field(default_factory=list)
+    first_token: int | None = None
+    accepted: int = 0  # verified tokens that became answer tokens
+
+    @classmethod
+    def after(cls, prefilled: Prefill, prompt_length: int, max_new_tokens: int, sampler: Sampler) -> Row:
+        """The row that decodes on from ``prefilled`` (a prompt the target read as ``prompt_length``
+        tokens), its accepted lookahead first."""
+        return cls(
+            prefilled.cache,
+            prefilled.logits,
+            prompt_length,
+            max_new_tokens,
+            sampler,
+            verified=list(prefilled.accepted),
+            first_token=prefilled.next_token,
+        )
 
     def take(self, token: int) -> bool:
         """Record ``token``; True when the row is done."""
@@ -183,7 +203,11 @@ class BatchDecoder:
     def add(self, row: Row) -> bool:
         """Take ``row``'s first token; if it is not done at once, it joins the batch. Returns whether it
         joined."""
-        token = int(row.sampler(row.logits)[0])
+        for token in row.verified:
+            row.accepted += 1
+            if row.take(token):
+                return False
+        token = row.first_token if row.first_token is not None else int(row.sampler(row.logits)[0])
         if row.take(token):
             return False
         if self.rows:

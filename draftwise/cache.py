@@ -48,10 +48,19 @@ class PrunedLayer(DynamicLayer):
 
     @classmethod
     def keep(
-        cls, layer: DynamicLayer, indices: torch.Tensor, valid: torch.Tensor | None = None
+        cls,
+        layer: DynamicLayer,
+        indices: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        after: torch.Tensor | None = None,
     ) -> PrunedLayer:
-        """``layer`` keeping only its positions ``indices`` ``[B, G, C]``; ``valid`` as above."""
-        index = indices.to(layer.keys.device)[..., None]  # [B, G, C, 1]
+        """``layer`` keeping only its positions ``indices`` ``[B, G, C]``; ``valid`` as above. ``after``
+        ``[k]``: entries kept after those as already decoded tokens (a lookahead the target accepted)."""
+        if after is not None and after.numel():
+            indices_and_after = torch.cat([indices, after.to(indices).expand(*indices.shape[:2], -1)], dim=-1)
+        else:
+            indices_and_after = indices
+        index = indices_and_after.to(layer.keys.device)[..., None]  # [B, G, C + k, 1]
         keys = layer.keys.gather(2, index.expand(-1, -1, -1, layer.keys.shape[-1])).contiguous()
         values = layer.values.gather(2, index.expand(-1, -1, -1, layer.values.shape[-1])).contiguous()
         return cls(keys, values, indices, valid)
@@ -65,13 +74,18 @@ class PrunedLayer(DynamicLayer):
 
 
 def keep_positions(
-    cache: DynamicCache, layer: int, indices: torch.Tensor, valid: torch.Tensor | None = None
+    cache: DynamicCache,
+    layer: int,
+    indices: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    after: torch.Tensor | None = None,
 ) -> None:
     """Keep only cache positions ``indices`` ``[B, G, C]`` of ``layer`` (per batch row and KV head):
-    the layer becomes a :class:`PrunedLayer` (``valid``: which entries are real, if not all)."""
+    the layer becomes a :class:`PrunedLayer` (``valid``: which entries are real, if not all;
+    ``after``: positions kept after them as decoded tokens)."""
     if is_sliding(cache, layer):
         raise ValueError(f"layer {layer} is a sliding-window layer and is not pruned")
-    cache.layers[layer] = PrunedLayer.keep(cache.layers[layer], indices, valid)
+    cache.layers[layer] = PrunedLayer.keep(cache.layers[layer], indices, valid, after)
 
 
 def head_masks(cache: DynamicCache) -> dict[int, torch.Tensor]:
@@ -101,20 +115,34 @@ class LayerMasks(Mapping[int, torch.Tensor]):
         return len(head_masks(self.cache))
 
 
+class Drop:
+    """How many of the tokens read last the sliding-window layers drop on leaving
+    :func:`sliding_layers_drop` (lowered when the target accepts some of a lookahead)."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+
+
 @contextmanager
-def sliding_layers_drop(cache: DynamicCache, tokens: int) -> Iterator[None]:
+def sliding_layers_drop(cache: DynamicCache, tokens: int) -> Iterator[Drop]:
     """While inside, the sliding-window layers keep every state the model adds; on leaving, they drop
-    the last ``tokens`` of them (a lookahead) and return to their window, as if those tokens had never
-    been read. This is transformers' own rollback (``activate_past_recording``, then ``crop``)."""
+    the last ``tokens`` of them (a lookahead; set ``.tokens`` on the yielded :class:`Drop` to drop
+    fewer) and return to their window, as if those tokens had never been read. This is transformers'
+    own rollback (``activate_past_recording``, then ``crop``)."""
     layers = [cache.layers[i] for i in range(len(cache.layers)) if is_sliding(cache, i)]
+    drop = Drop(tokens)
     for layer in layers:
         layer.activate_past_recording()
     try:
-        yield
+        yield drop
     finally:
         for layer in layers:
-            if layer.is_initialized:  # a layer the model never wrote to holds nothing to drop
-                layer.crop(-tokens)
+            if not layer.is_initialized:  # a layer the model never wrote to holds nothing to drop
+                pass
+            elif drop.tokens:
+                layer.crop(-drop.tokens)
+            elif layer.get_seq_length() >= layer.sliding_window:
+                layer.crop(0)  # nothing dropped: only back to the window
             layer.record_past = False  # transformers has no call to end the recording
 
 

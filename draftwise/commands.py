@@ -38,7 +38,7 @@ def _stats_rows(stats) -> list[tuple[str, str]]:
         ("prompt tokens read by target", f"{stats.prompt_tokens_kept}"),
         ("KV pairs kept per head/layer", f"{stats.kv_pairs_kept}"),
         ("KV bytes kept", f"{stats.kv_bytes / mib:.1f} MiB ({100 * stats.kv_fraction:.1f}% of full)"),
-        ("lookahead tokens", f"{stats.lookahead_tokens}"),
+        ("lookahead tokens", f"{stats.lookahead_tokens} ({stats.lookahead_accepted} accepted)"),
         ("new tokens", f"{stats.new_tokens}"),
         ("draft s", f"{stats.draft_seconds:.2f}"),
         ("pre-fill s", f"{stats.prefill_seconds:.2f}"),

@@ -59,14 +59,30 @@ class Sampler:
         """Next token ``[B]`` from logits ``[B, V]``."""
         if self.greedy:
             return logits.argmax(dim=-1)
-        if self._generator is None or self._generator.device != logits.device:
-            self._generator = torch.Generator(device=logits.device)
+        probs = self.probabilities(logits)
+        return torch.multinomial(probs, 1, generator=self._generator_on(logits.device)).squeeze(1)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The distributions ``[B, V]`` this sampler draws from (temperature, then top-p)."""
+        return self._warpers(None, logits.float()).softmax(dim=-1)
+
+    def uniform(self, device: torch.device | str = "cpu") -> float:
+        """A draw from U[0, 1), from this sampler's seeded generator."""
+        return float(torch.rand((), generator=self._generator_on(torch.device(device)), device=device))
+
+    def draw(self, probabilities: torch.Tensor) -> int:
+        """A token drawn from ``probabilities`` ``[V]`` with this sampler's seeded generator."""
+        generator = self._generator_on(probabilities.device)
+        return int(torch.multinomial(probabilities, 1, generator=generator)[0])
+
+    def _generator_on(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
             if self.seed is not None:
                 self._generator.manual_seed(self.seed)
             else:
                 self._generator.seed()
-        probs = self._warpers(None, logits.float()).softmax(dim=-1)
-        return torch.multinomial(probs, 1, generator=self._generator).squeeze(1)
+        return self._generator
 
 
 @torch.no_grad()
@@ -80,6 +96,7 @@ def decode(
     stop_ids: Iterable[int] = (),
     feed_last: bool = False,
     on_token: Callable[[int], bool | None] | None = None,
+    first_token: int | None = None,
 ) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` tokens (batch of one) from ``cache``.
 
@@ -93,6 +110,8 @@ def decode(
         on_token: called with each new token id as soon as it is chosen (for streaming). If it
             returns ``True`` generation ends after that token (a stop string was reached); an
             exception it raises stops generation and propagates.
+        first_token: the first new token when it is already chosen (a rejected lookahead's
+            replacement, :mod:`draftwise.acceptance`); ``first_logits`` are then not sampled.
     A cache whose pruned layers hold padding (heads that kept unequal counts, AdaKV) is decoded with
     :class:`~draftwise.headmask.HeadMaskedAttention`, which never attends to the padding.
 
@@ -104,7 +123,7 @@ def decode(
         sampler = sampler or Sampler()
         stop = set(stop_ids)
         device = first_logits.device
-        token = sampler(first_logits)
+        token = sampler(first_logits) if first_token is None else torch.tensor([first_token], device=device)
         tokens = [token]
         halted = on_token is not None and on_token(int(token[0])) is True
         position = start_position

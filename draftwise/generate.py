@@ -42,6 +42,7 @@ class GenerationStats:
     kv_bytes: int  # K and V bytes held after pre-fill (and pruning)
     kv_bytes_full: int  # K and V bytes a full cache of the whole prompt holds
     lookahead_tokens: int
+    lookahead_accepted: int  # of those, tokens the target accepted as the answer's first
     new_tokens: int
     draft_seconds: float
     prefill_seconds: float
@@ -140,22 +141,32 @@ def generate(
     plan = plan_generation(target, draft, tokenizer, prompt, method, max_new_tokens, reuse, draft_tokenizer)
     sampler = Sampler(temperature, top_p, seed)
     start = now()
-    ready = compress(target, plan)
+    ready = compress(target, plan, sampler)
     # With `reuse`, the shared pre-fill and lookahead ran before `start`; their seconds count as if alone.
     time_to_first_token = max(now() - start, ready.draft_seconds + ready.prefill_seconds)
-    tokens, decode_seconds = _timed(
-        decode,
-        target,
-        ready.prefilled.cache,
-        ready.prefilled.logits,
-        ready.kept_length,
-        max_new_tokens,
-        sampler,
-        plan.stop_ids,
-        on_token=on_token,
-    )
-    token_ids = tokens[0].tolist()
-    stats = ready.stats(plan, len(token_ids), time_to_first_token, decode_seconds)
+    prefilled, token_ids, ended = ready.prefilled, [], False
+    for token in prefilled.accepted:  # verified lookahead tokens: the answer's first ones
+        token_ids.append(token)
+        halted = on_token is not None and on_token(token) is True
+        if halted or token in plan.stop_ids or len(token_ids) >= max_new_tokens:
+            ended = True
+            break
+    accepted, decode_seconds = len(token_ids), 0.0
+    if not ended:
+        tokens, decode_seconds = _timed(
+            decode,
+            target,
+            prefilled.cache,
+            prefilled.logits,
+            ready.kept_length + accepted,
+            max_new_tokens - accepted,
+            sampler,
+            plan.stop_ids,
+            on_token=on_token,
+            first_token=prefilled.next_token,
+        )
+        token_ids += tokens[0].tolist()
+    stats = ready.stats(plan, len(token_ids), time_to_first_token, decode_seconds, accepted)
     text = tokenizer.decode(token_ids, skip_special_tokens=True)
     return GenerationResult(text=text, token_ids=token_ids, stats=stats)
 
@@ -231,7 +242,12 @@ class Compressed:
     kv_bytes_full: int  # an uncompressed cache of the whole prompt
 
     def stats(
-        self, plan: Plan, new_tokens: int, time_to_first_token: float, decode_seconds: float
+        self,
+        plan: Plan,
+        new_tokens: int,
+        time_to_first_token: float,
+        decode_seconds: float,
+        lookahead_accepted: int,
     ) -> GenerationStats:
         return GenerationStats(
             method=plan.method.name,
@@ -241,6 +257,7 @@ class Compressed:
             kv_bytes=self.kv_bytes,
             kv_bytes_full=self.kv_bytes_full,
             lookahead_tokens=self.lookahead_tokens,
+            lookahead_accepted=lookahead_accepted,
             new_tokens=new_tokens,
             draft_seconds=self.draft_seconds,
             prefill_seconds=self.prefill_seconds,
@@ -251,8 +268,9 @@ class Compressed:
 
 
 @torch.no_grad()
-def compress(target: nn.Module, plan: Plan) -> Compressed:
-    """Run ``plan``'s method: the draft's work, then the target's pre-fill and pruning."""
+def compress(target: nn.Module, plan: Plan, sampler: Sampler | None = None) -> Compressed:
+    """Run ``plan``'s method: the draft's work, then the target's pre-fill and pruning (and its verdict
+    on the lookahead, drawn with ``sampler`` when it samples)."""
     method, input_ids, reuse, reader = plan.method, plan.input_ids, plan.reuse, plan.reader
     n = plan.prompt_length
     kept_ids, lookahead_ids, draft_seconds = input_ids, None, 0.0
@@ -271,9 +289,11 @@ def compress(target: nn.Module, plan: Plan) -> Compressed:
         taken = 0 if lookahead_ids is None else lookahead_ids.shape[1]
         sparse = kv_stage.sparse_for(kept_ids.shape[1] + taken)
         if shared_prefill is not None and not sparse:
-            prefilled, prefill_seconds = shared_prefill.prefill(target, kept_ids, kv_stage, lookahead_ids)
+            prefilled, prefill_seconds = shared_prefill.prefill(
+                target, kept_ids, kv_stage, lookahead_ids, sampler
+            )
         else:
-            prefilled, prefill_seconds = _timed(prefill, target, kept_ids, kv_stage, lookahead_ids)
+            prefilled, prefill_seconds = _timed(prefill, target, kept_ids, kv_stage, lookahead_ids, sampler)
     elif shared_prefill is not None:
         prefilled, prefill_seconds = shared_prefill.prefill(target, kept_ids, None, None)
     else:
@@ -399,7 +419,7 @@ def generate_batch(
         def finish(row: Row) -> None:
             index, ready, text, first = running.pop(id(row))
             text.finish()
-            stats = ready.stats(plans[index], len(row.tokens), first - start, now() - first)
+            stats = ready.stats(plans[index], len(row.tokens), first - start, now() - first, row.accepted)
             results[index] = GenerationResult(text=text.text, token_ids=row.tokens, stats=stats)
             bar.update(1)
 
@@ -407,17 +427,10 @@ def generate_batch(
             while waiting and len(decoder.rows) < width:
                 index = waiting.pop(0)
                 plan = plans[index]
-                ready = compress(target, plan)
+                ready = compress(target, plan, samplers[index])
                 text = TextStream(tokenizer, stops[index])
-                row = Row(
-                    ready.prefilled.cache,
-                    ready.prefilled.logits,
-                    ready.kept_length,  # the true position of the first new token
-                    plan.max_new_tokens,
-                    samplers[index],
-                    plan.stop_ids,
-                    on_token=_stopper(text),
-                )
+                row = Row.after(ready.prefilled, ready.kept_length, plan.max_new_tokens, samplers[index])
+                row.stop_ids, row.on_token = plan.stop_ids, _stopper(text)
                 running[id(row)] = (index, ready, text, now())
                 if not decoder.add(row):  # done at its first token
                     finish(row)

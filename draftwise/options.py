@@ -71,6 +71,12 @@ class MethodOptions:
     lookahead: int | None = option(
         None, f"tokens the draft writes ahead; default: {_method_defaults('lookahead')}", type=int
     )
+    accept_lookahead: bool | None = option(
+        None,
+        "methods with a lookahead: the lookahead tokens the target verifies start the answer "
+        "(default: on; --no-accept-lookahead drops them all)",
+        action=argparse.BooleanOptionalAction,
+    )
     prompt_budget: int | None = option(
         None,
         f"speckvpc: prompt tokens kept by its SpecPC stage (default {_method_defaults('prompt_budget')})",

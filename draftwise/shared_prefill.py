@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from draftwise.decoding import Sampler
 from draftwise.draft import lookahead
 from draftwise.methods.base import KVMethod
 from draftwise.prefill import Observed, Prefill, observe, prune_observed
@@ -49,6 +50,7 @@ class SharedPrefill:
         input_ids: torch.Tensor,
         method: KVMethod | None,
         lookahead_ids: torch.Tensor | None,
+        sampler: Sampler | None = None,
     ) -> tuple[Prefill, float]:
         """``method``'s pre-fill from a copy of the shared one, and its seconds (shared part included)."""
         if self._observed is None:
@@ -64,5 +66,5 @@ class SharedPrefill:
                 f"the shared pre-fill recorded {self.observed_queries}"
             )
         start = now()
-        prefilled = prune_observed(target, self._observed, method, lookahead_ids, copy=True)
+        prefilled = prune_observed(target, self._observed, method, lookahead_ids, copy=True, sampler=sampler)
         return prefilled, self._observe_seconds + now() - start

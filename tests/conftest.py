@@ -22,9 +22,9 @@ def kept_positions(monkeypatch) -> dict[int, list[list[int]]]:
     record: dict[int, list[list[int]]] = {}
     real = draftwise.prefill.keep_positions
 
-    def spy(cache, layer: int, indices: torch.Tensor, valid=None) -> None:
+    def spy(cache, layer: int, indices: torch.Tensor, valid=None, after=None) -> None:
         record[layer] = indices[0].tolist()
-        real(cache, layer, indices, valid)
+        real(cache, layer, indices, valid, after)
 
     monkeypatch.setattr(draftwise.prefill, "keep_positions", spy)
     return record

@@ -94,3 +94,15 @@ def test_batched_rows_answer_as_each_prompt_alone(pair):
     together = generate_batch(target, draft, tokenizer, requests, max_new_tokens=12)
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]
     assert together[1].stats.kv_pairs_kept == 128 and together[2].stats.prompt_tokens_kept == 256
+
+
+def test_the_accepted_lookahead_is_fulls_answer_start(pair):
+    """SpecKV@256 on the real pair at about 1k tokens: the draft's lookahead tokens the target accepts
+    are Full's first tokens (the target read them with its full cache)."""
+    target, draft, tokenizer = pair
+    case = needle_case(tokenizer, context_tokens=1000, seed=5)
+    full = generate(target, draft, tokenizer, case.messages, method=Full(), max_new_tokens=16)
+    out = generate(target, draft, tokenizer, case.messages, method=SpecKV(budget=256), max_new_tokens=16)
+    accepted = out.stats.lookahead_accepted
+    assert accepted > 0, "the draft should agree with the target on how the answer starts"
+    assert out.token_ids[: accepted + 1] == full.token_ids[: accepted + 1]

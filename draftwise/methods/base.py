@@ -211,6 +211,12 @@ class KVMethod(Budgeted):
         """How many draft tokens feed the scorer as extra queries (none unless overridden)."""
         return 0
 
+    @property
+    def accepts_lookahead(self) -> bool:
+        """Whether the lookahead tokens the target verifies become the answer's first tokens
+        (:mod:`draftwise.acceptance`)."""
+        return False
+
     def observed_queries(self, prompt_length: int) -> int:
         """How many of the prompt's last queries the scorer reads (0 if it reads keys only)."""
         return self.window if self.uses_attention else 0

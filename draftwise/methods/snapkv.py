@@ -29,8 +29,11 @@ class SnapKV(KVMethod):
 
     ``lookahead`` turns on the draft's lookahead as extra observation queries (``None``: as many
     tokens as will be generated; ``0``: none), which makes SnapKV into SpecKV and PyramidKV into
-    lookahead-PyramidKV: the lookahead wraps any scorer of this family. ``caote=True`` applies CAOTE's
-    correction before the reduction (see :func:`draftwise.scoring.caote_correction`).
+    lookahead-PyramidKV: the lookahead wraps any scorer of this family. The target reads the lookahead
+    with its full cache, so it verifies it for free: with ``accept_lookahead`` (default) the tokens it
+    accepts are the answer's first tokens (:mod:`draftwise.acceptance`); ``False`` drops them all.
+    ``caote=True`` applies CAOTE's correction before the reduction (see
+    :func:`draftwise.scoring.caote_correction`).
     """
 
     name: ClassVar[str] = "snapkv"
@@ -43,6 +46,7 @@ class SnapKV(KVMethod):
     pool: Pool = "max"
     reduce: Reduce = "max"
     lookahead: int | None = 0
+    accept_lookahead: bool = True
     caote: bool = False
 
     @property
@@ -63,6 +67,10 @@ class SnapKV(KVMethod):
 
     def lookahead_length(self, max_new_tokens: int) -> int:
         return max_new_tokens if self.lookahead is None else self.lookahead
+
+    @property
+    def accepts_lookahead(self) -> bool:
+        return self.accept_lookahead
 
     def score(self, rows: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
         """Scores of prefix keys.

@@ -14,7 +14,9 @@ from draftwise.methods.specpc import SpecPC
 class SpecKVPC(Method):
     """The cascade: SpecPC to ``prompt_budget`` tokens with a ``lookahead``-token draft answer, then
     SpecKV to ``kv_budget`` KV pairs on the compressed prompt, reusing that same lookahead as SpecKV's
-    lookahead queries (the draft runs once). Paper defaults: prompt budget 2048, lookahead 8.
+    lookahead queries (the draft runs once); with ``accept_lookahead`` the tokens of it the target
+    accepts (reading the compressed prompt) start the answer. Paper defaults: prompt budget 2048,
+    lookahead 8.
     """
 
     name: ClassVar[str] = "speckvpc"
@@ -28,6 +30,7 @@ class SpecKVPC(Method):
     lookahead: int = 8
     kv_window: int = 32
     prompt_window: int = 64
+    accept_lookahead: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -44,7 +47,12 @@ class SpecKVPC(Method):
 
     def kv_stage(self) -> SpecKV:
         """SpecKV to ``kv_budget`` pairs on the compressed prompt, reading the shared lookahead."""
-        return SpecKV(budget=self.kv_budget, window=self.kv_window, lookahead=self.lookahead)
+        return SpecKV(
+            budget=self.kv_budget,
+            window=self.kv_window,
+            lookahead=self.lookahead,
+            accept_lookahead=self.accept_lookahead,
+        )
 
     def compresses(self, prompt_length: int) -> bool:
         return self.prompt_stage().compresses(prompt_length) or self.kv_stage().compresses(prompt_length)

@@ -262,21 +262,14 @@ class Engine:
                 self.target, self.draft, self.tokenizer, job.input_ids, job.method, job.max_tokens
             )
             sampler = Sampler(job.temperature, job.top_p, job.seed)
-            generation.plan, generation.ready = plan, compress(self.target, plan)
+            generation.plan, generation.ready = plan, compress(self.target, plan, sampler)
         except Exception as error:  # bad input found by generate, or a bug: the app decides
             generation.emit(Failed(error))
             generation.done()
             return
         ready = generation.ready
-        row = Row(
-            ready.prefilled.cache,
-            ready.prefilled.logits,
-            ready.kept_length,
-            job.max_tokens,
-            sampler,
-            plan.stop_ids,
-            on_token=generation.on_token,
-        )
+        row = Row.after(ready.prefilled, ready.kept_length, job.max_tokens, sampler)
+        row.stop_ids, row.on_token = plan.stop_ids, generation.on_token
         self._rows[id(row)] = (row, generation)
         if not self.decoder.add(row):
             self._finish(row)
@@ -296,7 +289,7 @@ class Engine:
             reason = "stop" if generation.text.stopped or ended else "length"
             first = generation.first_token or now()
             stats = generation.ready.stats(
-                generation.plan, len(row.tokens), first - generation.started, now() - first
+                generation.plan, len(row.tokens), first - generation.started, now() - first, row.accepted
             )
             generation.emit(Finished(reason, len(row.tokens), stats))
         finally:
