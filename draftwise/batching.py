@@ -16,6 +16,7 @@ transformers' own window trimming serves all rows at once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +24,7 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from draftwise.cache import LayerMasks
+from draftwise.cache import LayerMasks, head_masks
 from draftwise.decoding import Sampler
 from draftwise.headmask import HeadMaskedAttention
 from draftwise.prefill import Prefill
@@ -226,9 +227,13 @@ class BatchDecoder:
         model, device = self.model, self.model.device
         tokens = torch.tensor([[row.tokens[-1]] for row in self.rows], device=device)
         positions = torch.tensor([[row.position - 1] for row in self.rows], device=device)
-        # Every key is visible to each new token except padding, which the head mask hides per layer.
-        visible = torch.zeros(1, 1, 1, 1, dtype=model.dtype, device=device)
-        with self._padding:
+        # As in decode(): every key is visible to each new token, so eager attention gets a broadcast
+        # zero mask (fitting layers of any length) and sdpa none; padding, where rows differ in length,
+        # is hidden per layer and head by the head mask.
+        visible = None
+        if model.config._attn_implementation == "eager":
+            visible = torch.zeros(1, 1, 1, 1, dtype=model.dtype, device=device)
+        with self._padding if head_masks(self.cache) else nullcontext():
             out = model(
                 input_ids=tokens,
                 past_key_values=self.cache,
