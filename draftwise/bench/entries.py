@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from draftwise.methods import H2O, METHODS, TOVA, AdaKV, Method, PyramidKV, SnapKV, build_method
+from draftwise.methods import H2O, METHODS, TOVA, AdaKV, Method, PyramidKV, SnapKV, SpecKV, build_method
 
 # Names for combinations: the draft lookahead over another scorer, CAOTE over another scorer.
 ALIASES: dict[str, tuple[type[Method], dict]] = {
+    # SpecKV that drops its whole lookahead after reading it (before accept_lookahead, its only way)
+    "speckv-noaccept": (SpecKV, {"accept_lookahead": False}),
     "ada-speckv": (AdaKV, {"lookahead": None}),
     "pyramid-speckv": (PyramidKV, {"lookahead": None}),
     "snapkv-caote": (SnapKV, {"caote": True}),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+from dataclasses import fields
 from pathlib import Path
 
 from draftwise.bench import ruler
@@ -50,6 +51,7 @@ def make_record(
         "index": case.index,
         "label": label,
         "method": method.name,
+        "options": {f.name: getattr(method, f.name) for f in fields(method)},
         "budget": budget_of(method),
         "score": ruler.score(task, result.text, case.answers),
         "prediction": result.text,
