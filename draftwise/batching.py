@@ -108,9 +108,7 @@ def merge_layers(layers: list[DynamicLayer]) -> DynamicLayer:
     else:
         padded = [_left_pad(s, length) for s in states]
         keys, values, valid = (torch.cat(part, dim=0) for part in zip(*padded, strict=True))
-    if isinstance(layers[0], DynamicSlidingWindowLayer):
-        return BatchSlidingLayer(layers[0].sliding_window, keys, values, valid)
-    return BatchLayer(keys, values, valid)
+    return _batch_layer(layers[0], keys, values, valid)
 
 
 def select_rows(layer: DynamicLayer, rows: torch.Tensor) -> DynamicLayer:
@@ -124,8 +122,13 @@ def select_rows(layer: DynamicLayer, rows: torch.Tensor) -> DynamicLayer:
         keys, values, valid = keys[:, :, start:], values[:, :, start:], valid[..., start:]
         if valid.all():
             valid = None
-    if isinstance(layer, DynamicSlidingWindowLayer):
-        return BatchSlidingLayer(layer.sliding_window, keys, values, valid)
+    return _batch_layer(layer, keys, values, valid)
+
+
+def _batch_layer(like: DynamicLayer, keys: torch.Tensor, values: torch.Tensor, valid) -> DynamicLayer:
+    """A batch layer of ``like``'s kind (sliding-window or full attention) holding these states."""
+    if isinstance(like, DynamicSlidingWindowLayer):
+        return BatchSlidingLayer(like.sliding_window, keys, values, valid)
     return BatchLayer(keys, values, valid)
 
 

@@ -179,9 +179,8 @@ class Plan:
     input_ids: torch.Tensor  # [1, n] the prompt in the target's tokens
     max_new_tokens: int
     stop_ids: frozenset[int]
-    reader: SameTokenizerReader | OwnTokenizerReader
+    reader: SameTokenizerReader | OwnTokenizerReader  # the draft, reading the prompt
     reuse: SharedPrefill | None
-    draft: nn.Module | None
 
     @property
     def prompt_length(self) -> int:
@@ -224,7 +223,7 @@ def plan_generation(
         else:
             check_same_vocabulary(target, draft)
         check_draft_room(draft, reader.length, need)
-    return Plan(method, input_ids, max_new_tokens, stops, reader, reuse, draft)
+    return Plan(method, input_ids, max_new_tokens, stops, reader, reuse)
 
 
 @dataclass
@@ -460,11 +459,10 @@ def check_batch_memory(target: nn.Module, plans: Sequence[Plan], width: int, lim
     every row is padded to the widest row's kept prompt and new tokens (:func:`reserved_kv_bytes`)."""
     if limit is None:
         return
-    widest = max(plans, key=lambda p: p.method.kept_length(p.prompt_length) + p.max_new_tokens)
-    row = reserved_kv_bytes(target, widest.method, widest.prompt_length, widest.max_new_tokens)
-    needed = width * row
+    reserved = [reserved_kv_bytes(target, p.method, p.prompt_length, p.max_new_tokens) for p in plans]
+    needed = width * max(reserved)  # any row may be the widest
     if needed > limit:
-        positions = widest.method.kept_length(widest.prompt_length) + widest.max_new_tokens
+        positions = max(p.method.kept_length(p.prompt_length) + p.max_new_tokens for p in plans)
         raise TooLarge(
             f"this batch may hold about {needed / 2**20:.2f} MiB of KV cache ({width} rows of up to "
             f"{positions} positions), over max_memory of {limit / 2**20:.2f} MiB: pass fewer prompts or a "

@@ -149,9 +149,13 @@ def serve(args: argparse.Namespace) -> int:
     return run(create_app(target, draft, tokenizer, settings))
 
 
+def _mib(value: float | None) -> int | None:
+    """Bytes of ``value`` MiB (a command-line size), ``None`` kept."""
+    return None if value is None else int(value * 2**20)
+
+
 def server_settings(args: argparse.Namespace) -> ServerSettings:
     """The :class:`ServerSettings` that the ``serve`` arguments ask for."""
-    memory = args.max_request_memory
     defaults = {
         "method": args.method or ("specpc" if args.upstream else "speckv"),
         **from_args(MethodOptions, args).options(),
@@ -163,13 +167,13 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         model_name=args.model_name or args.target,
         defaults=defaults,
         max_batch=args.max_batch,
-        kv_cache_memory=None if args.kv_cache_memory is None else int(args.kv_cache_memory * 2**20),
+        kv_cache_memory=_mib(args.kv_cache_memory),
         max_concurrency=args.max_concurrency,
         max_queue=args.max_queue,
         api_key=args.api_key,
         max_body_bytes=args.max_body_bytes,
         max_new_tokens_limit=args.max_new_tokens_limit,
-        max_request_bytes=None if memory is None else int(memory * 2**20),
+        max_request_bytes=_mib(args.max_request_memory),
         upstream=args.upstream,
         upstream_model=args.upstream_model,
         upstream_api_key=args.upstream_api_key,
