@@ -14,6 +14,7 @@ from draftwise.draft import self_draft
 from draftwise.generate import GenerationRequest, GenerationResult, GenerationStats, generate, generate_batch
 from draftwise.methods import *  # noqa: F403  (every method is public API)
 from draftwise.models import load_default_pair, load_model
+from draftwise.speculative import SpeculativeConfig
 from draftwise.text_compression import CompressedText, compress_text
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "GenerationStats",
+    "SpeculativeConfig",
     "compress_text",
     "generate",
     "generate_batch",

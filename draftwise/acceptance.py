@@ -32,12 +32,22 @@ class Verdict:
     next_token: int | None = None
 
 
-def accept(logits: torch.Tensor, proposed: torch.Tensor, sampler: Sampler | None = None) -> Verdict:
+def accept(
+    logits: torch.Tensor,
+    proposed: torch.Tensor | list[int],
+    sampler: Sampler | None = None,
+    proposal_probabilities: torch.Tensor | None = None,
+) -> Verdict:
     """How much of ``proposed`` ``[m]`` the target accepts, from its logits ``[m + 1, V]``: row ``i`` is
     its next-token logits before ``proposed[i]`` (row 0: after the prompt; row ``m``: after the whole
-    lookahead)."""
+    proposal).
+
+    ``proposal_probabilities`` ``[m, V]``: the distributions the proposed tokens were drawn from (a
+    draft that samples); ``None``: each was a point mass (a greedy draft). Sampling then accepts
+    ``d_i`` with probability ``min(1, p_i(d_i) / q_i(d_i))`` and, at the first rejection, draws from
+    ``max(0, p_i - q_i)`` renormalized: every token keeps the target's distribution."""
     sampler = sampler or Sampler()
-    proposed = proposed.tolist()
+    proposed = proposed.tolist() if isinstance(proposed, torch.Tensor) else list(proposed)
     if sampler.greedy:
         choices = logits[: len(proposed)].argmax(dim=-1).tolist()
         accepted = 0
@@ -47,11 +57,16 @@ def accept(logits: torch.Tensor, proposed: torch.Tensor, sampler: Sampler | None
     probabilities = sampler.probabilities(logits[: len(proposed)])
     for i, token in enumerate(proposed):
         p = probabilities[i]
-        if sampler.uniform(p.device) < p[token]:
+        q = None if proposal_probabilities is None else proposal_probabilities[i].to(p)
+        chance = p[token] if q is None else p[token] / q[token]
+        if sampler.uniform(p.device) < chance:
             continue
-        residual = p.clone()
-        residual[token] = 0
-        if residual.sum() <= 0:  # p[token] rounded to 1: an acceptance
+        if q is None:
+            residual = p.clone()
+            residual[token] = 0
+        else:
+            residual = (p - q).clamp(min=0)
+        if residual.sum() <= 0:  # p and q agree up to rounding: an acceptance
             continue
         return Verdict(proposed[:i], sampler.draw(residual / residual.sum()))
     return Verdict(proposed)

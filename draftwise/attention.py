@@ -150,7 +150,10 @@ class AttentionOverride:
     """Run ``model``'s attention through :meth:`attention` inside a ``with`` block, then switch back.
 
     It registers the subclass's ``implementation`` name in transformers' attention interface (the
-    sanctioned extension point: no model code is patched) and sets it on the model for the block.
+    sanctioned extension point: no model code is patched) and sets it on the model's config and on
+    the configs its attention modules read (a self-draft's modules are the target's, with the target's
+    config). Overrides of models sharing modules must not be active at once. An instance may be
+    entered again after it exits.
     """
 
     implementation: str = "draftwise"
@@ -158,17 +161,28 @@ class AttentionOverride:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.previous: str | None = None
+        self._configs: list | None = None
+        self._saved: list[tuple[object, str | None]] = []
 
     def __enter__(self) -> AttentionOverride:
         AttentionInterface.register(self.implementation, _dispatch_override)
+        if self._configs is None:
+            configs = {id(self.model.config): self.model.config}
+            for module in attention_modules(self.model):
+                configs.setdefault(id(module.config), module.config)
+            self._configs = list(configs.values())
         self.previous = self.model.config._attn_implementation
-        _OVERRIDES[id(self.model.config)] = self
-        self.model.set_attn_implementation(self.implementation)
+        self._saved = [(config, config._attn_implementation) for config in self._configs]
+        for config in self._configs:
+            _OVERRIDES[id(config)] = self
+            config._attn_implementation = self.implementation  # transformers' setter, sub-configs too
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _OVERRIDES.pop(id(self.model.config), None)
-        self.model.set_attn_implementation(self.previous)
+        for config, previous in self._saved:
+            _OVERRIDES.pop(id(config), None)
+            config._attn_implementation = previous
+        self._saved = []
 
     def attention(self, module: nn.Module, query, key, value, attention_mask, **kwargs):
         """Same contract as transformers' attention functions: returns ``(output [B, T, H, d], weights)``."""

@@ -146,6 +146,19 @@ def sliding_layers_drop(cache: DynamicCache, tokens: int) -> Iterator[Drop]:
             layer.record_past = False  # transformers has no call to end the recording
 
 
+@contextmanager
+def tentative(cache: DynamicCache, tokens: int) -> Iterator[Drop]:
+    """While inside, every layer keeps what the model adds; on leaving, every layer drops the last
+    ``tokens`` entries it received (set ``.tokens`` on the yielded :class:`Drop` to drop fewer): tokens
+    read on trial, e.g. a draft's proposals the target rejected. Full-attention layers (pruned or not)
+    are cut at the end; sliding-window layers roll back as in :func:`sliding_layers_drop`."""
+    others = [layer for i, layer in enumerate(cache.layers) if not is_sliding(cache, i)]
+    with sliding_layers_drop(cache, tokens) as drop:
+        yield drop
+        for layer in others:
+            layer.crop(-drop.tokens)
+
+
 def cache_bytes(cache: DynamicCache) -> int:
     """Bytes of K and V the cache holds now."""
     total = 0

@@ -16,7 +16,7 @@ from draftwise.commands import (
     cmd_setup,
 )
 from draftwise.methods import SpecPC
-from draftwise.options import MethodOptions, ModelOptions, add_arguments
+from draftwise.options import MethodOptions, ModelOptions, SpeculativeOptions, add_arguments
 from draftwise.serve.main import add_serve_arguments
 
 
@@ -38,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="answer a question about a long context")
     models(gen)
     add_arguments(gen, MethodOptions)
+    add_arguments(gen, SpeculativeOptions)
     gen.add_argument("--context-file", help="text file with the long context ('-' for stdin)")
     gen.add_argument("--question", help="the question, appended after the context")
     gen.add_argument("--temperature", type=float, default=0.0)

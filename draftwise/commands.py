@@ -27,12 +27,16 @@ from draftwise.models import (
     load_model,
 )
 from draftwise.models import resolve as resolve_model
-from draftwise.options import MethodOptions, ModelOptions, from_args
+from draftwise.options import MethodOptions, ModelOptions, SpeculativeOptions, from_args
 from draftwise.text_compression import compress_text
 
 
 def _stats_rows(stats) -> list[tuple[str, str]]:
     mib = 1024 * 1024
+    drafted = "-"
+    if stats.speculative_drafted:
+        rate = stats.speculative_accepted / stats.speculative_drafted
+        drafted = f"{stats.speculative_drafted} ({100 * rate:.0f}% accepted)"
     return [
         ("prompt tokens", f"{stats.prompt_tokens}"),
         ("prompt tokens read by target", f"{stats.prompt_tokens_kept}"),
@@ -40,6 +44,7 @@ def _stats_rows(stats) -> list[tuple[str, str]]:
         ("KV bytes kept", f"{stats.kv_bytes / mib:.1f} MiB ({100 * stats.kv_fraction:.1f}% of full)"),
         ("lookahead tokens", f"{stats.lookahead_tokens} ({stats.lookahead_accepted} accepted)"),
         ("new tokens", f"{stats.new_tokens}"),
+        ("speculative tokens drafted", drafted),
         ("draft s", f"{stats.draft_seconds:.2f}"),
         ("pre-fill s", f"{stats.prefill_seconds:.2f}"),
         ("decode s", f"{stats.decode_seconds:.2f}"),
@@ -83,6 +88,7 @@ def cmd_setup(args) -> int:
 
 def cmd_generate(args) -> int:
     method = from_args(MethodOptions, args).build()
+    speculative = from_args(SpeculativeOptions, args).build()
     if args.context_file == "-":
         context = sys.stdin.read()
     else:
@@ -101,6 +107,7 @@ def cmd_generate(args) -> int:
         top_p=args.top_p,
         seed=args.seed,
         draft_tokenizer=draft_tokenizer,
+        speculative=speculative,
     )
     if args.json:
         print(json.dumps({"text": out.text, "stats": out.stats.as_dict()}, indent=2))

@@ -85,6 +85,35 @@ class Sampler:
         return self._generator
 
 
+class Answer:
+    """An answer's tokens as they are chosen, and the rule that ends it: the token limit, a stop token,
+    or ``on_token`` returning ``True`` (a stop string). An exception ``on_token`` raises propagates."""
+
+    def __init__(
+        self,
+        max_new_tokens: int,
+        stop_ids: Iterable[int] = (),
+        on_token: Callable[[int], bool | None] | None = None,
+    ) -> None:
+        self.max_new_tokens, self.stop_ids, self.on_token = max_new_tokens, frozenset(stop_ids), on_token
+        self.tokens: list[int] = []
+        self.finish_reason: str | None = None  # "stop" or "length" once ended
+
+    def take(self, token: int) -> bool:
+        """Add ``token`` (streamed to ``on_token``); True when the answer has ended with it."""
+        self.tokens.append(token)
+        if (self.on_token is not None and self.on_token(token) is True) or token in self.stop_ids:
+            self.finish_reason = "stop"
+        elif len(self.tokens) >= self.max_new_tokens:
+            self.finish_reason = "length"
+        return self.finish_reason is not None
+
+    @property
+    def room(self) -> int:
+        """Tokens the answer may still take."""
+        return self.max_new_tokens - len(self.tokens)
+
+
 @torch.no_grad()
 def decode(
     model: nn.Module,
@@ -121,11 +150,10 @@ def decode(
     masks = head_masks(cache)
     with HeadMaskedAttention(model, masks) if masks else nullcontext():
         sampler = sampler or Sampler()
-        stop = set(stop_ids)
+        answer = Answer(max_new_tokens, stop_ids, on_token)
         device = first_logits.device
-        token = sampler(first_logits) if first_token is None else torch.tensor([first_token], device=device)
-        tokens = [token]
-        halted = on_token is not None and on_token(int(token[0])) is True
+        token = int(sampler(first_logits)[0]) if first_token is None else first_token
+        done = answer.take(token)
         position = start_position
         # A new token sees every cached key, in every layer. Eager attention would otherwise get a mask
         # sized from the first layer's cache, wrong for layers pruned to other lengths (PyramidKV); a
@@ -133,13 +161,10 @@ def decode(
         visible = None
         if model.config._attn_implementation == "eager":
             visible = torch.zeros(1, 1, 1, 1, dtype=model.dtype, device=model.device)
-        while True:
-            done = halted or len(tokens) >= max_new_tokens or int(token[0]) in stop
-            if done and not feed_last:
-                break
+        while not done or feed_last:
             position_ids = torch.tensor([[position]], device=device)
             out = model(
-                input_ids=token[:, None].to(model.device),
+                input_ids=torch.tensor([[token]], device=model.device),
                 past_key_values=cache,
                 position_ids=position_ids.to(model.device),
                 attention_mask=visible,
@@ -149,10 +174,9 @@ def decode(
             position += 1
             if done:
                 break
-            token = sampler(out.logits[:, -1].to(device))
-            tokens.append(token)
-            halted = on_token is not None and on_token(int(token[0])) is True
-        return torch.stack(tokens, dim=1)
+            token = int(sampler(out.logits[:, -1].to(device))[0])
+            done = answer.take(token)
+        return torch.tensor([answer.tokens], device=device)
 
 
 def stop_token_ids(tokenizer, model: nn.Module) -> set[int]:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from draftwise.cache import tentative
 from draftwise.decoding import decode
 
 
@@ -17,10 +18,22 @@ def lookahead(
     draft: nn.Module, input_ids: torch.Tensor, steps: int, stop_ids: Iterable[int] = ()
 ) -> torch.Tensor:
     """The draft's greedy continuation ``[1, m]`` (``m <= steps``) of ``input_ids`` ``[1, n]``."""
+    return lookahead_with_cache(draft, input_ids, steps, stop_ids)[0]
+
+
+@torch.no_grad()
+def lookahead_with_cache(
+    draft: nn.Module, input_ids: torch.Tensor, steps: int, stop_ids: Iterable[int] = ()
+) -> tuple[torch.Tensor, DynamicCache]:
+    """:func:`lookahead`, and the draft's cache of the prompt alone (the lookahead taken back out), for
+    the draft's next job (speculative decoding)."""
     input_ids = input_ids.to(draft.device)
     cache = DynamicCache(config=draft.config)
     out = draft(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return decode(draft, cache, out.logits[:, -1], input_ids.shape[1], steps, stop_ids=stop_ids)
+    with tentative(cache, 0) as trial:
+        ids = decode(draft, cache, out.logits[:, -1], input_ids.shape[1], steps, stop_ids=stop_ids)
+        trial.tokens = ids.shape[1] - 1  # every token but the last was read
+    return ids, cache
 
 
 def self_draft(target: nn.Module, layers: int | None = None) -> nn.Module:

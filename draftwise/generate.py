@@ -14,17 +14,26 @@ from draftwise.cache import cache_bytes, full_cache_bytes, kept_per_head
 from draftwise.checks import (
     TooLarge,
     check_architecture,
+    check_context,
     check_draft_room,
     check_method,
     check_same_vocabulary,
     reserved_kv_bytes,
 )
-from draftwise.decoding import Sampler, decode, stop_token_ids
+from draftwise.decoding import Answer, Sampler, decode, stop_token_ids
 from draftwise.mapping import same_tokenizer, tokenize
 from draftwise.methods import Full, Method
 from draftwise.prefill import Prefill, prefill
 from draftwise.readers import OwnTokenizerReader, SameTokenizerReader
 from draftwise.shared_prefill import SharedPrefill
+from draftwise.speculative import (
+    Drafter,
+    PromptLookup,
+    SpeculativeConfig,
+    SpeculativeStats,
+    check_speculative,
+    speculative_decode,
+)
 from draftwise.text_stream import TextStream
 from draftwise.timing import now
 
@@ -46,9 +55,11 @@ class GenerationStats:
     new_tokens: int
     draft_seconds: float
     prefill_seconds: float
-    decode_seconds: float
+    decode_seconds: float  # with speculative decoding, the draft's work for it included
     time_to_first_token: float
     total_seconds: float
+    speculative_drafted: int = 0  # tokens the draft proposed while decoding (speculative decoding)
+    speculative_accepted: int = 0  # of those, tokens the target accepted
 
     @property
     def kv_fraction(self) -> float:
@@ -114,6 +125,7 @@ def generate(
     on_token: Callable[[int], bool | None] | None = None,
     reuse: SharedPrefill | None = None,
     draft_tokenizer=None,
+    speculative: SpeculativeConfig | None = None,
 ) -> GenerationResult:
     """Generate an answer to ``prompt`` with ``target``, compressed by ``method`` with ``draft``'s help.
 
@@ -137,36 +149,56 @@ def generate(
         draft_tokenizer: the draft's tokenizer, when it is not the target's. The draft then reads the
             prompt (text or messages) in its own format; SpecPC's scores reach the target's tokens
             through the characters they cover, and SpecKV's lookahead through its text.
+        speculative: decode speculatively with ``draft`` (:class:`~draftwise.SpeculativeConfig`):
+            the draft proposes tokens from its own cache of the whole prompt and the target verifies
+            them in one forward over its (compressed) cache. The answer is the same (greedy) or
+            distributed the same (sampling) as without it. Needs a draft with the target's tokenizer.
     """
-    plan = plan_generation(target, draft, tokenizer, prompt, method, max_new_tokens, reuse, draft_tokenizer)
+    plan = plan_generation(
+        target, draft, tokenizer, prompt, method, max_new_tokens, reuse, draft_tokenizer, speculative
+    )
     sampler = Sampler(temperature, top_p, seed)
     start = now()
     ready = compress(target, plan, sampler)
     # With `reuse`, the shared pre-fill and lookahead ran before `start`; their seconds count as if alone.
     time_to_first_token = max(now() - start, ready.draft_seconds + ready.prefill_seconds)
-    prefilled, token_ids, ended = ready.prefilled, [], False
-    for token in prefilled.accepted:  # verified lookahead tokens: the answer's first ones
-        token_ids.append(token)
-        halted = on_token is not None and on_token(token) is True
-        if halted or token in plan.stop_ids or len(token_ids) >= max_new_tokens:
-            ended = True
-            break
-    accepted, decode_seconds = len(token_ids), 0.0
+    prefilled = ready.prefilled
+    answer = Answer(max_new_tokens, plan.stop_ids, on_token)
+    ended = any(answer.take(token) for token in prefilled.accepted)  # verified lookahead: the first tokens
+    accepted, decode_seconds = len(answer.tokens), 0.0
+    drafting = SpeculativeStats()
     if not ended:
-        tokens, decode_seconds = _timed(
-            decode,
-            target,
-            prefilled.cache,
-            prefilled.logits,
-            ready.kept_length + accepted,
-            max_new_tokens - accepted,
-            sampler,
-            plan.stop_ids,
-            on_token=on_token,
-            first_token=prefilled.next_token,
-        )
-        token_ids += tokens[0].tolist()
+        decode_start = now()
+        position = ready.kept_length + accepted
+        if speculative is not None and speculative.proposer == "lookup":
+            drafter = PromptLookup(plan.input_ids, speculative)
+        elif speculative is not None:
+            fetched = now()
+            cache, cache_seconds = plan.reader.prompt_cache(speculative.draft_method)
+            decode_start -= cache_seconds - (now() - fetched)  # a shared pre-fill counts as if alone
+            drafter = Drafter(draft, cache, plan.prompt_length, speculative, sampler)
+        if speculative is not None:
+            speculative_decode(
+                target, prefilled.cache, prefilled.logits, position, answer, drafter, sampler,
+                prefilled.next_token, drafting,
+            )  # fmt: skip
+        else:
+            tokens = decode(
+                target,
+                prefilled.cache,
+                prefilled.logits,
+                position,
+                answer.room,
+                sampler,
+                plan.stop_ids,
+                on_token=on_token,
+                first_token=prefilled.next_token,
+            )
+            answer.tokens += tokens[0].tolist()
+        decode_seconds = now() - decode_start
+    token_ids = answer.tokens
     stats = ready.stats(plan, len(token_ids), time_to_first_token, decode_seconds, accepted)
+    stats.speculative_drafted, stats.speculative_accepted = drafting.drafted, drafting.accepted
     text = tokenizer.decode(token_ids, skip_special_tokens=True)
     return GenerationResult(text=text, token_ids=token_ids, stats=stats)
 
@@ -196,6 +228,7 @@ def plan_generation(
     max_new_tokens: int,
     reuse: SharedPrefill | None = None,
     draft_tokenizer=None,
+    speculative: SpeculativeConfig | None = None,
 ) -> Plan:
     """Check everything about one generation before any work: the method, the models, the prompt and
     whether it fits (:func:`generate`'s arguments)."""
@@ -223,7 +256,35 @@ def plan_generation(
         else:
             check_same_vocabulary(target, draft)
         check_draft_room(draft, reader.length, need)
+    if speculative is not None:
+        _check_speculative(target, draft, tokenizer, draft_tokenizer, speculative, n, max_new_tokens)
     return Plan(method, input_ids, max_new_tokens, stops, reader, reuse)
+
+
+def _check_speculative(
+    target: nn.Module,
+    draft: nn.Module | None,
+    tokenizer,
+    draft_tokenizer,
+    config: SpeculativeConfig,
+    prompt_length: int,
+    max_new_tokens: int,
+) -> None:
+    if not isinstance(config, SpeculativeConfig):
+        raise TypeError(f"speculative must be a draftwise.SpeculativeConfig, got {config!r}")
+    check_speculative(target, draft, config)
+    if config.proposer == "lookup":
+        return
+    check_architecture(draft, "draft")
+    if draft_tokenizer is not None and not same_tokenizer(tokenizer, draft_tokenizer):
+        raise ValueError(
+            "speculative decoding needs a draft with the target's tokenizer (its proposals are verified "
+            "token by token); this draft has its own: use it for SpecKV/SpecPC without speculative"
+        )
+    check_same_vocabulary(target, draft)
+    check_context(draft, prompt_length, max_new_tokens + config.k, "draft")
+    if config.draft_method is not None:
+        check_method(config.draft_method, draft, prompt_length, max_new_tokens + config.k)
 
 
 @dataclass

@@ -26,6 +26,7 @@ class HeadMaskedAttention(AttentionOverride):
     (positions past ``L``, the newly decoded tokens, are always valid)."""
 
     implementation = HEAD_MASKED_ATTENTION
+    purpose = "unequal per-head budgets (AdaKV)"  # what needs it, for the error under other attention
 
     def __init__(self, model: nn.Module, valid: Mapping[int, torch.Tensor]) -> None:
         super().__init__(model)
@@ -36,9 +37,7 @@ class HeadMaskedAttention(AttentionOverride):
     def __enter__(self) -> HeadMaskedAttention:
         implementation = self.model.config._attn_implementation
         if implementation not in ("eager", "sdpa"):
-            raise ValueError(
-                f"unequal per-head budgets (AdaKV) need 'eager' or 'sdpa' attention, not {implementation!r}"
-            )
+            raise ValueError(f"{self.purpose} need 'eager' or 'sdpa' attention, not {implementation!r}")
         super().__enter__()
         return self
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from draftwise.methods import METHODS, Method, SpecKV, build_method
 from draftwise.models import DEFAULT_DRAFT, DEFAULT_TARGET, DTYPES
+from draftwise.speculative import SpeculativeConfig
 
 T = TypeVar("T")
 
@@ -104,6 +105,54 @@ class MethodOptions:
     def build(self) -> Method:
         """The method with these options (:func:`draftwise.methods.build_method`)."""
         return build_method(self.method, **self.options())
+
+
+@dataclass(frozen=True)
+class SpeculativeOptions:
+    """Speculative decoding with the draft (:class:`~draftwise.speculative.SpeculativeConfig`)."""
+
+    speculative: int = option(
+        0,
+        "speculative decoding: the draft proposes up to K tokens, the target verifies them in one "
+        "forward (same answer; 0: off)",
+        type=int,
+        metavar="K",
+    )
+    speculative_entropy: float | None = option(
+        None,
+        "speculative decoding: stop drafting early when the draft's entropy bounds acceptance below "
+        "this (AdaEDL; e.g. 0.4)",
+        type=float,
+    )
+    speculative_proposer: str = option(
+        "draft",
+        "speculative decoding: who proposes: the draft model, or a lookup of the answer's last tokens in "
+        "the prompt (no model runs)",
+        choices=["draft", "lookup"],
+    )
+    draft_cache_budget: int | None = option(
+        None,
+        "speculative decoding: the draft keeps this many KV pairs of the prompt (StreamingLLM); default: all",
+        type=int,
+    )
+
+    def build(self) -> SpeculativeConfig | None:
+        """The config, or ``None`` when speculative decoding is off."""
+        if not self.speculative:
+            if self.speculative_entropy is not None or self.draft_cache_budget is not None:
+                raise ValueError("--speculative-entropy and --draft-cache-budget need --speculative K")
+            if self.speculative_proposer != "draft":
+                raise ValueError("--speculative-proposer needs --speculative K")
+            return None
+        draft_method = None
+        if self.draft_cache_budget is not None:
+            draft_method = build_method("streamingllm", budget=self.draft_cache_budget)
+        return SpeculativeConfig(
+            self.speculative,
+            self.speculative_entropy,
+            draft_method=draft_method,
+            proposer=self.speculative_proposer,
+        )
 
 
 def add_arguments(

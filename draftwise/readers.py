@@ -10,11 +10,13 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from draftwise.decoding import stop_token_ids
-from draftwise.draft import lookahead
+from draftwise.draft import lookahead, lookahead_with_cache
 from draftwise.mapping import Rendered, render, transfer_scores, translate
-from draftwise.methods.base import KeptTokens, PromptMethod
+from draftwise.methods.base import KeptTokens, KVMethod, PromptMethod
+from draftwise.prefill import prefill
 from draftwise.shared_prefill import SharedPrefill
 from draftwise.timing import now
 
@@ -30,6 +32,8 @@ class SameTokenizerReader:
         reuse: SharedPrefill | None,
     ) -> None:
         self.draft, self.input_ids, self.stop_ids, self.reuse = draft, input_ids, set(stop_ids), reuse
+        self._looked_ahead = False
+        self._prompt_cache: DynamicCache | None = None  # the draft's, left by its lookahead
 
     @property
     def length(self) -> int:
@@ -41,11 +45,27 @@ class SameTokenizerReader:
         return kept, now() - start
 
     def lookahead(self, steps: int) -> tuple[torch.Tensor | None, float]:
+        self._looked_ahead = True
         if self.reuse is not None:
             return self.reuse.lookahead(self.draft, self.input_ids, steps, self.stop_ids)
         start = now()
-        ids = lookahead(self.draft, self.input_ids, steps, self.stop_ids)
+        ids, self._prompt_cache = lookahead_with_cache(self.draft, self.input_ids, steps, self.stop_ids)
         return ids, now() - start
+
+    def prompt_cache(self, method: KVMethod | None = None) -> tuple[DynamicCache, float]:
+        """The draft's cache of the prompt (compressed by ``method``) for speculative decoding, and the
+        seconds it costs as if alone: none when this generation's lookahead left it."""
+        if method is None and self._looked_ahead:
+            cache, self._prompt_cache = self._prompt_cache, None
+            if cache is None and self.reuse is not None:
+                cache = self.reuse.lookahead_cache()
+            if cache is not None:
+                return cache, 0.0
+        if method is None and self.reuse is not None:
+            return self.reuse.draft_prefill(self.draft, self.input_ids)
+        start = now()
+        cache = prefill(self.draft, self.input_ids, method).cache
+        return cache, now() - start
 
 
 class OwnTokenizerReader:

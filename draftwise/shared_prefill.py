@@ -9,14 +9,16 @@ had run alone.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from copy import deepcopy
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from draftwise.decoding import Sampler
-from draftwise.draft import lookahead
+from draftwise.draft import lookahead_with_cache
 from draftwise.methods.base import KVMethod
-from draftwise.prefill import Observed, Prefill, observe, prune_observed
+from draftwise.prefill import Observed, Prefill, observe, prefill, prune_observed
 from draftwise.timing import now
 
 
@@ -33,6 +35,8 @@ class SharedPrefill:
         self._observed: Observed | None = None
         self._observe_seconds = 0.0
         self._lookaheads: dict[int, tuple[torch.Tensor, float]] = {}
+        self._lookahead_cache: DynamicCache | None = None  # the draft's cache of the prompt
+        self._draft_prefill: tuple[DynamicCache, float] | None = None
 
     def lookahead(
         self, draft: nn.Module, input_ids: torch.Tensor, steps: int, stop_ids: Iterable[int]
@@ -40,9 +44,22 @@ class SharedPrefill:
         """The draft's ``steps``-token lookahead and the seconds it took (computed once per length)."""
         if steps not in self._lookaheads:
             start = now()
-            ids = lookahead(draft, input_ids, steps, stop_ids)
+            ids, self._lookahead_cache = lookahead_with_cache(draft, input_ids, steps, stop_ids)
             self._lookaheads[steps] = (ids, now() - start)
         return self._lookaheads[steps]
+
+    def lookahead_cache(self) -> DynamicCache | None:
+        """A copy of the draft's cache of the prompt that a lookahead left, if one ran."""
+        return None if self._lookahead_cache is None else deepcopy(self._lookahead_cache)
+
+    def draft_prefill(self, draft: nn.Module, input_ids: torch.Tensor) -> tuple[DynamicCache, float]:
+        """A copy of the draft's plain pre-fill of the prompt, and the seconds it took (computed once)."""
+        if self._draft_prefill is None:
+            start = now()
+            cache = prefill(draft, input_ids).cache
+            self._draft_prefill = (cache, now() - start)
+        cache, seconds = self._draft_prefill
+        return deepcopy(cache), seconds
 
     def prefill(
         self,

@@ -48,6 +48,20 @@ def test_generate_prints_answer_and_stats_as_json(model_dirs, tmp_path, capsys):
     assert result["stats"]["new_tokens"] <= 5
 
 
+def test_generate_decodes_speculatively_with_the_same_answer(model_dirs, tmp_path, capsys):
+    context = tmp_path / "context.txt"
+    context.write_text(" ".join(f"w{6 + i % 80}" for i in range(100)))
+    argv = ["generate", "--target", model_dirs["target"], "--draft", model_dirs["draft"], "--method", "full"]
+    argv += ["--context-file", str(context), "--question", "w9", "--max-new-tokens", "8", "--json"]
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--speculative", "3", "--draft-cache-budget", "32"]) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert fast["text"] == plain["text"] and fast["stats"]["speculative_drafted"] > 0
+    assert main([*argv, "--speculative-entropy", "0.5"]) == 2
+    assert "need --speculative K" in capsys.readouterr().err
+
+
 def test_bad_budget_is_a_clear_error(model_dirs, capsys):
     code = main(["generate", "--target", model_dirs["target"], "--budget", "-3", "--question", "w7"])
     assert code == 2

@@ -176,3 +176,21 @@ def test_ruler_harness_with_a_draft_of_another_tokenizer(cross_pair, tmp_path):
     assert records[2]["prompt_tokens_kept"] == 256
     assert len({r["prompt_tokens"] for r in records}) == 1
     assert read_records(out) == records
+
+
+def test_speculative_decoding_refuses_a_draft_with_another_tokenizer(cross_pair):
+    """Proposals are verified token by token, so speculative decoding needs the target's tokenizer: a
+    clear error before any work (the same draft still serves SpecKV and SpecPC)."""
+    from draftwise import SpeculativeConfig
+
+    target, tokenizer, draft, draft_tokenizer = cross_pair
+    messages = [{"role": "user", "content": TRICKY}]
+    with pytest.raises(ValueError, match="target's tokenizer"):
+        generate(
+            target,
+            draft,
+            tokenizer,
+            messages,
+            draft_tokenizer=draft_tokenizer,
+            speculative=SpeculativeConfig(),
+        )

@@ -112,3 +112,21 @@ def test_the_accepted_lookahead_is_fulls_answer_start(pair):
         assert out.token_ids[: k + 1] == full.token_ids[: k + 1], (tokens, seed, k)
         accepted.append(k)
     assert max(accepted) > 0, accepted
+
+
+def test_speculative_decoding_answers_as_without_it(pair):
+    """The real pair in its own dtype: a 24-token answer with the 0.5B draft proposing (and with
+    prompt lookup) is the answer without it, for Full and SpecKV@128, and most proposals are taken."""
+    from draftwise import SpeculativeConfig
+
+    target, draft, tokenizer = pair
+    case = needle_case(tokenizer, context_tokens=600, seed=6)
+    for method in (Full(), SpecKV(budget=128, accept_lookahead=False)):
+        plain = generate(target, draft, tokenizer, case.messages, method=method, max_new_tokens=24)
+        for config in (SpeculativeConfig(k=4), SpeculativeConfig(k=6, proposer="lookup")):
+            out = generate(
+                target, draft, tokenizer, case.messages, method=method, max_new_tokens=24, speculative=config
+            )
+            assert out.token_ids == plain.token_ids, (method, config)
+            if config.proposer == "draft":
+                assert out.stats.speculative_accepted > out.stats.speculative_drafted / 2, out.stats
