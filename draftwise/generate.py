@@ -14,7 +14,6 @@ from draftwise.cache import cache_bytes, full_cache_bytes, kept_per_head
 from draftwise.checks import (
     TooLarge,
     check_architecture,
-    check_context,
     check_draft_room,
     check_method,
     check_same_vocabulary,
@@ -170,19 +169,7 @@ def generate(
     if not ended:
         decode_start = now()
         position = ready.kept_length + accepted
-        if speculative is not None and speculative.proposer == "lookup":
-            drafter = PromptLookup(plan.input_ids, speculative)
-        elif speculative is not None:
-            fetched = now()
-            cache, cache_seconds = plan.reader.prompt_cache(speculative.draft_method)
-            decode_start -= cache_seconds - (now() - fetched)  # a shared pre-fill counts as if alone
-            drafter = Drafter(draft, cache, plan.prompt_length, speculative, sampler)
-        if speculative is not None:
-            speculative_decode(
-                target, prefilled.cache, prefilled.logits, position, answer, drafter, sampler,
-                prefilled.next_token, drafting,
-            )  # fmt: skip
-        else:
+        if speculative is None:
             tokens = decode(
                 target,
                 prefilled.cache,
@@ -195,12 +182,31 @@ def generate(
                 first_token=prefilled.next_token,
             )
             answer.tokens += tokens[0].tolist()
+        else:
+            proposer, shared_seconds = _proposer(plan, draft, speculative, sampler)
+            decode_start -= shared_seconds  # counted as if this call had run the draft's pre-fill
+            speculative_decode(
+                target, prefilled.cache, prefilled.logits, position, answer, proposer, sampler,
+                prefilled.next_token, drafting,
+            )  # fmt: skip
         decode_seconds = now() - decode_start
     token_ids = answer.tokens
     stats = ready.stats(plan, len(token_ids), time_to_first_token, decode_seconds, accepted)
     stats.speculative_drafted, stats.speculative_accepted = drafting.drafted, drafting.accepted
     text = tokenizer.decode(token_ids, skip_special_tokens=True)
     return GenerationResult(text=text, token_ids=token_ids, stats=stats)
+
+
+def _proposer(
+    plan: Plan, draft: nn.Module | None, config: SpeculativeConfig, sampler: Sampler
+) -> tuple[Drafter | PromptLookup, float]:
+    """Who proposes for speculative decoding, and the seconds to count for it beyond the time this call
+    took: what a shared draft pre-fill (a benchmark's) cost, less the copy that stood in for it."""
+    if config.proposer == "lookup":
+        return PromptLookup(plan.input_ids, config), 0.0
+    start = now()
+    cache, seconds = plan.reader.prompt_cache(config.draft_method)
+    return Drafter(draft, cache, plan.prompt_length, config, sampler), seconds - (now() - start)
 
 
 @dataclass
@@ -257,34 +263,9 @@ def plan_generation(
             check_same_vocabulary(target, draft)
         check_draft_room(draft, reader.length, need)
     if speculative is not None:
-        _check_speculative(target, draft, tokenizer, draft_tokenizer, speculative, n, max_new_tokens)
+        same = draft_tokenizer is None or same_tokenizer(tokenizer, draft_tokenizer)
+        check_speculative(speculative, target, draft, same, n, max_new_tokens)
     return Plan(method, input_ids, max_new_tokens, stops, reader, reuse)
-
-
-def _check_speculative(
-    target: nn.Module,
-    draft: nn.Module | None,
-    tokenizer,
-    draft_tokenizer,
-    config: SpeculativeConfig,
-    prompt_length: int,
-    max_new_tokens: int,
-) -> None:
-    if not isinstance(config, SpeculativeConfig):
-        raise TypeError(f"speculative must be a draftwise.SpeculativeConfig, got {config!r}")
-    check_speculative(target, draft, config)
-    if config.proposer == "lookup":
-        return
-    check_architecture(draft, "draft")
-    if draft_tokenizer is not None and not same_tokenizer(tokenizer, draft_tokenizer):
-        raise ValueError(
-            "speculative decoding needs a draft with the target's tokenizer (its proposals are verified "
-            "token by token); this draft has its own: use it for SpecKV/SpecPC without speculative"
-        )
-    check_same_vocabulary(target, draft)
-    check_context(draft, prompt_length, max_new_tokens + config.k, "draft")
-    if config.draft_method is not None:
-        check_method(config.draft_method, draft, prompt_length, max_new_tokens + config.k)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from transformers import DynamicCache
 
 from draftwise.acceptance import accept
 from draftwise.cache import tentative
+from draftwise.checks import check_architecture, check_context, check_method, check_same_vocabulary
 from draftwise.chunk_attention import ChunkAttention, placeholder_mask
 from draftwise.decoding import Answer, Sampler
 from draftwise.methods.base import KVMethod
@@ -146,11 +147,8 @@ class Drafter:
     def propose(
         self, answer: list[int], most: int, stop_ids: Iterable[int] = ()
     ) -> tuple[list[int], torch.Tensor | None]:
-        """Up to ``k`` (and ``most``) tokens after ``answer`` (every answer token so far), and, when
+        """Up to ``most`` (``>= 1``) tokens after ``answer`` (every answer token so far), and, when
         sampling, the distributions ``[m, V]`` they were drawn from."""
-        most = min(most, self.config.k)
-        if most <= 0:
-            return [], None
         stops = set(stop_ids)
         proposed: list[int] = []
         distributions: list[torch.Tensor] = []
@@ -190,9 +188,7 @@ class PromptLookup:
     def propose(
         self, answer: list[int], most: int, stop_ids: Iterable[int] = ()
     ) -> tuple[list[int], torch.Tensor | None]:
-        most = min(most, self.config.k)
-        if most <= 0:
-            return [], None
+        """Up to ``most`` (``>= 1``) tokens after ``answer``; no distributions (point masses)."""
         text = self.prompt + answer
         for n in range(min(self.config.ngram, len(text) - 1), 0, -1):
             tail = text[-n:]
@@ -233,7 +229,10 @@ def speculative_decode(
         return
     verifying = ChunkAttention(target, cache)  # entered per round: the draft reads between (no nesting)
     while True:
-        proposed, distributions = drafter.propose(answer.tokens, answer.room - 1, answer.stop_ids)
+        most = min(drafter.config.k, answer.room - 1)  # the verify adds one token of the target's
+        proposed, distributions = [], None
+        if most > 0:
+            proposed, distributions = drafter.propose(answer.tokens, most, answer.stop_ids)
         chunk = [token, *proposed]
         with verifying, tentative(cache, len(proposed)) as trial:
             out = target(
@@ -260,8 +259,18 @@ def speculative_decode(
                 return
 
 
-def check_speculative(target: nn.Module, draft: nn.Module | None, config: SpeculativeConfig) -> None:
-    """Raise before any work if ``target`` and ``draft`` cannot decode speculatively with ``config``."""
+def check_speculative(
+    config: SpeculativeConfig,
+    target: nn.Module,
+    draft: nn.Module | None,
+    same_tokenizer: bool,
+    prompt_length: int,
+    max_new_tokens: int,
+) -> None:
+    """Raise before any work if ``target`` and ``draft`` (``same_tokenizer``: whether it reads the
+    target's tokens) cannot decode speculatively with ``config`` a ``prompt_length``-token prompt."""
+    if not isinstance(config, SpeculativeConfig):
+        raise TypeError(f"speculative must be a draftwise.SpeculativeConfig, got {config!r}")
     models = [("target", target)]
     if config.proposer == "draft":
         if draft is None:
@@ -276,3 +285,15 @@ def check_speculative(target: nn.Module, draft: nn.Module | None, config: Specul
                 f"speculative decoding needs 'eager' or 'sdpa' attention in the {role}, "
                 f"not {implementation!r}"
             )
+    if config.proposer == "lookup":
+        return
+    check_architecture(draft, "draft")
+    if not same_tokenizer:
+        raise ValueError(
+            "speculative decoding needs a draft with the target's tokenizer (its proposals are verified "
+            "token by token); this draft has its own: use it for SpecKV/SpecPC without speculative"
+        )
+    check_same_vocabulary(target, draft)
+    check_context(draft, prompt_length, max_new_tokens + config.k, "draft")
+    if config.draft_method is not None:
+        check_method(config.draft_method, draft, prompt_length, max_new_tokens + config.k)

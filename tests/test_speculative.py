@@ -17,7 +17,7 @@ from draftwise.chunk_attention import ChunkAttention, chunk_mask, placeholder_ma
 from draftwise.decoding import Answer, Sampler, decode
 from draftwise.headmask import HeadMaskedAttention
 from draftwise.prefill import prefill
-from draftwise.speculative import Drafter, PromptLookup, speculative_decode
+from draftwise.speculative import Drafter, PromptLookup, SpeculativeStats, speculative_decode
 
 N = 60
 NEW = 20
@@ -207,8 +207,10 @@ def test_decode_and_speculative_decode_share_the_ending_rule():
     ready = prefill(target, ids)
     answer = Answer(9)
     drafter = Drafter(target, prefill(target, ids).cache, N, SpeculativeConfig(k=2), Sampler())
-    speculative_decode(target, ready.cache, ready.logits, N, answer, drafter, Sampler())
+    stats = SpeculativeStats()
+    speculative_decode(target, ready.cache, ready.logits, N, answer, drafter, Sampler(), stats=stats)
     assert answer.tokens == plain and answer.finish_reason == "length"
+    assert 0 < stats.drafted <= 2 * stats.rounds  # never more than k a round
 
 
 def test_bad_input_is_refused_before_any_work(tokenizer):
@@ -237,11 +239,11 @@ def test_prompt_lookup_proposes_what_followed_the_last_tokens_before():
     lookup = PromptLookup(
         torch.tensor([[5, 6, 7, 8, 9, 5, 6, 10, 11]]), SpeculativeConfig(k=3, proposer="lookup")
     )
-    assert lookup.propose([5, 6], 8) == ([10, 11, 5], None)  # the latest match of (5, 6), then on
-    assert lookup.propose([42, 7], 8) == ([8, 9, 5], None)  # only (7) matches
-    assert lookup.propose([42, 43], 8) == ([], None)
+    assert lookup.propose([5, 6], 3) == ([10, 11, 5], None)  # the latest match of (5, 6), then on
+    assert lookup.propose([42, 7], 3) == ([8, 9, 5], None)  # only (7) matches
+    assert lookup.propose([42, 43], 3) == ([], None)
     assert lookup.propose([5, 6], 1) == ([10], None)
-    assert lookup.propose([7], 8, stop_ids={9}) == ([8, 9], None)  # ends at a stop token
+    assert lookup.propose([7], 3, stop_ids={9}) == ([8, 9], None)  # ends at a stop token
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
