@@ -24,10 +24,15 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
+from draftwise.acceptance import accept
 from draftwise.cache import LayerMasks, head_masks
-from draftwise.decoding import Sampler
+from draftwise.chunk_attention import ChunkAttention, placeholder_mask
+from draftwise.decoding import Sampler, ending
 from draftwise.headmask import HeadMaskedAttention
 from draftwise.prefill import Prefill
+from draftwise.speculative import Drafter, PromptLookup, SpeculativeStats
+
+Proposer = Drafter | PromptLookup
 
 
 class BatchLayer(DynamicLayer):
@@ -44,6 +49,10 @@ class BatchLayer(DynamicLayer):
         self.is_initialized = True
         self.valid = valid
 
+    def drop_last(self, counts: torch.Tensor) -> None:
+        """Row ``i`` drops the last ``counts[i]`` entries it received (:func:`drop_last`)."""
+        self.keys, self.values, self.valid = drop_last(_row_states(self), counts)
+
 
 class BatchSlidingLayer(DynamicSlidingWindowLayer):
     """A sliding-window layer holding several rows, left-padded: ``valid`` ``[B, G, L]`` marks the real
@@ -58,15 +67,40 @@ class BatchSlidingLayer(DynamicSlidingWindowLayer):
         self.cumulative_length = keys.shape[2]
         self.valid = valid
 
+        self.trial = False  # while True, updates keep every state until drop_last
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         held = self.keys.shape[2]
-        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        if self.trial:  # every state kept (and returned) until drop_last settles the window
+            self.cumulative_length += key_states.shape[2]
+            self.keys = torch.cat([self.keys, key_states], dim=-2)
+            self.values = torch.cat([self.values, value_states], dim=-2)
+            keys, values = self.keys, self.values
+        else:
+            keys, values = super().update(key_states, value_states, *args, **kwargs)
         if self.valid is not None:
             new = self.valid.new_ones(*self.valid.shape[:2], key_states.shape[2])
             self.valid = torch.cat([self.valid[..., self.valid.shape[-1] - held :], new], dim=-1)
             if self.valid.all():
                 self.valid = None  # the padding has slid out of the window
         return keys, values
+
+    def drop_last(self, counts: torch.Tensor) -> None:
+        """End a trial: row ``i`` drops the last ``counts[i]`` states it received (:func:`drop_last`),
+        and every row returns to its window."""
+        if not self.trial:
+            raise RuntimeError("drop_last needs a trial: set .trial before the forward")
+        keys, values, valid = drop_last(_row_states(self), counts)
+        held = self.sliding_window - 1
+        keys, values, valid = (
+            keys[:, :, -held:],
+            values[:, :, -held:],
+            None if valid is None else valid[..., -held:],
+        )
+        self.keys, self.values = keys, values
+        self.valid = None if valid is None or valid.all() else valid
+        self.cumulative_length -= int(counts.min())
+        self.trial = False
 
 
 def _row_states(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -115,14 +149,35 @@ def select_rows(layer: DynamicLayer, rows: torch.Tensor) -> DynamicLayer:
     """``layer`` keeping batch rows ``rows``; columns that are padding in every kept row are dropped."""
     keys, values, valid = _row_states(layer)
     keys, values = keys.index_select(0, rows), values.index_select(0, rows)
-    if valid is not None:
-        valid = valid.index_select(0, rows)
-        real = valid.any(dim=1).any(dim=0).nonzero()
-        start = int(real[0]) if real.numel() else valid.shape[-1]
-        keys, values, valid = keys[:, :, start:], values[:, :, start:], valid[..., start:]
-        if valid.all():
-            valid = None
-    return _batch_layer(layer, keys, values, valid)
+    valid = None if valid is None else valid.index_select(0, rows)
+    return _batch_layer(layer, *_trim(keys, values, valid))
+
+
+def _trim(keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | None):
+    """Without the leading columns that are padding in every row (``valid`` ``None`` once all real)."""
+    if valid is None:
+        return keys, values, None
+    real = valid.any(dim=1).any(dim=0).nonzero()
+    start = int(real[0]) if real.numel() else valid.shape[-1]
+    keys, values, valid = keys[:, :, start:], values[:, :, start:], valid[..., start:]
+    return keys, values, None if valid.all() else valid
+
+
+def drop_last(states, counts: torch.Tensor):
+    """Row ``i`` of ``states`` (keys, values ``[B, G, L, d]``, ``valid`` ``[B, G, L]`` or ``None``) without
+    its last ``counts[i]`` entries: each row moves right by its count, so rows stay right-aligned and
+    the freed columns become left padding; columns that are padding in every row are then trimmed."""
+    keys, values, valid = states
+    batch, heads, length, _ = keys.shape
+    shift = counts.to(keys.device)[:, None]  # [B, 1]
+    column = torch.arange(length, device=keys.device)[None]  # [1, L]
+    source = (column - shift).clamp(min=0)  # [B, L]: the column each entry comes from
+    index = source[:, None, :, None].expand(-1, heads, -1, 1)
+    keys = keys.gather(2, index.expand(-1, -1, -1, keys.shape[-1]))
+    values = values.gather(2, index.expand(-1, -1, -1, values.shape[-1]))
+    real = (column >= shift)[:, None].expand(-1, heads, -1)
+    valid = real if valid is None else valid.gather(2, index[..., 0]) & real
+    return _trim(keys, values, valid)
 
 
 def _batch_layer(like: DynamicLayer, keys: torch.Tensor, values: torch.Tensor, valid) -> DynamicLayer:
@@ -158,6 +213,9 @@ class Row:
     verified: list[int] = field(default_factory=list)
     first_token: int | None = None
     accepted: int = 0  # verified tokens that became answer tokens
+    # speculative decoding: who proposes this row's next tokens (draftwise.speculative), and its tally
+    proposer: Proposer | None = None
+    drafting: SpeculativeStats = field(default_factory=SpeculativeStats)
 
     @classmethod
     def after(cls, prefilled: Prefill, prompt_length: int, max_new_tokens: int, sampler: Sampler) -> Row:
@@ -178,15 +236,24 @@ class Row:
         self.tokens.append(token)
         self.position += 1
         try:
-            halted = self.on_token is not None and self.on_token(token) is True
+            self.finish_reason = ending(self.tokens, self.max_new_tokens, self.stop_ids, self.on_token)
         except Exception as error:  # noqa: BLE001  (a client gone: the row ends, the batch goes on)
             self.error, self.finish_reason = error, "error"
-            return True
-        if halted or token in self.stop_ids:
-            self.finish_reason = "stop"
-        elif len(self.tokens) >= self.max_new_tokens:
-            self.finish_reason = "length"
         return self.finish_reason is not None
+
+    def propose(self) -> tuple[list[int], torch.Tensor | None]:
+        """The proposer's next tokens for this row (none without one), leaving room for the target's."""
+        most = (
+            0
+            if self.proposer is None
+            else min(self.proposer.config.k, self.max_new_tokens - len(self.tokens) - 1)
+        )
+        if most <= 0:
+            return [], None
+        proposed, distributions = self.proposer.propose(self.tokens, most, self.stop_ids)
+        self.drafting.rounds += 1
+        self.drafting.drafted += len(proposed)
+        return proposed, distributions
 
 
 class BatchDecoder:
@@ -203,6 +270,7 @@ class BatchDecoder:
         self.cache.layers = []
         # one override for every step, so each layer's mask is built once per batch composition
         self._padding = HeadMaskedAttention(model, LayerMasks(self.cache))
+        self._chunk = ChunkAttention(model, self.cache)  # several tokens a row (speculative decoding)
 
     def add(self, row: Row) -> bool:
         """Take ``row``'s first token; if it is not done at once, it joins the batch. Returns whether it
@@ -224,9 +292,19 @@ class BatchDecoder:
         return True
 
     def step(self) -> list[Row]:
-        """One token for every running row; returns the rows that finished (and left the batch)."""
+        """One token for every running row, or more where its proposer's tokens are accepted
+        (speculative decoding); returns the rows that finished (and left the batch)."""
         if not self.rows:
             return []
+        proposals = [row.propose() for row in self.rows]
+        speculating = any(proposed for proposed, _ in proposals)
+        finished = self._verify(proposals) if speculating else self._decode()
+        if finished:
+            self._leave(finished)
+        return finished
+
+    def _decode(self) -> list[Row]:
+        """One token for every row; the rows done."""
         model, device = self.model, self.model.device
         tokens = torch.tensor([[row.tokens[-1]] for row in self.rows], device=device)
         positions = torch.tensor([[row.position - 1] for row in self.rows], device=device)
@@ -247,9 +325,48 @@ class BatchDecoder:
             )
         logits = out.logits[:, -1]
         chosen = [int(row.sampler(logits[i : i + 1])[0]) for i, row in enumerate(self.rows)]
-        finished = [row for row, token in zip(self.rows, chosen, strict=True) if row.take(token)]
-        if finished:
-            self._leave(finished)
+        return [row for row, token in zip(self.rows, chosen, strict=True) if row.take(token)]
+
+    def _verify(self, proposals: list[tuple[list[int], torch.Tensor | None]]) -> list[Row]:
+        """Every row reads its last token and its proposals in one forward (rows with fewer are padded
+        on the right: the causal chunk mask keeps the padding out of their logits), keeps the prefix its
+        target accepts plus one token of its own, and drops the rest of the chunk from the cache:
+        rows accept different counts and stay right-aligned (:meth:`BatchLayer.drop_last`)."""
+        model, device = self.model, self.model.device
+        width = 1 + max(len(proposed) for proposed, _ in proposals)
+        chunks = [
+            [row.tokens[-1], *proposed] for row, (proposed, _) in zip(self.rows, proposals, strict=True)
+        ]
+        tokens = torch.tensor([chunk + chunk[-1:] * (width - len(chunk)) for chunk in chunks], device=device)
+        start = torch.tensor([[row.position - 1] for row in self.rows], device=device)
+        sliding = [layer for layer in self.cache.layers if isinstance(layer, BatchSlidingLayer)]
+        for layer in sliding:
+            layer.trial = True
+        with self._chunk:
+            out = model(
+                input_ids=tokens,
+                past_key_values=self.cache,
+                position_ids=start + torch.arange(width, device=device),
+                attention_mask=placeholder_mask(model),
+                use_cache=True,
+                logits_to_keep=width,
+            )
+        verdicts = []
+        for i, (row, (proposed, distributions)) in enumerate(zip(self.rows, proposals, strict=True)):
+            verdict = accept(out.logits[i, : len(proposed) + 1], proposed, row.sampler, distributions)
+            taken = len(verdict.accepted)
+            if verdict.next_token is None:
+                verdict.next_token = int(row.sampler(out.logits[i, taken : taken + 1])[0])
+            row.drafting.accepted += taken
+            verdicts.append(verdict)
+        # each row keeps its last token and the accepted proposals; its rejected ones and padding go
+        drops = torch.tensor([width - 1 - len(v.accepted) for v in verdicts], device=device)
+        for layer in self.cache.layers:
+            layer.drop_last(drops)
+        finished = []
+        for row, verdict in zip(self.rows, verdicts, strict=True):
+            if any(row.take(token) for token in [*verdict.accepted, verdict.next_token]):
+                finished.append(row)
         return finished
 
     def remove(self, row: Row) -> None:

@@ -85,6 +85,21 @@ class Sampler:
         return self._generator
 
 
+def ending(
+    tokens: list[int],
+    max_new_tokens: int,
+    stop_ids: frozenset[int],
+    on_token: Callable[[int], bool | None] | None,
+) -> str | None:
+    """Why an answer ends with its latest token ``tokens[-1]`` (streamed to ``on_token`` here): ``"stop"``
+    (a stop token, or ``on_token`` returned ``True``: a stop string), ``"length"``, or ``None``. An
+    exception ``on_token`` raises propagates."""
+    token = tokens[-1]
+    if (on_token is not None and on_token(token) is True) or token in stop_ids:
+        return "stop"
+    return "length" if len(tokens) >= max_new_tokens else None
+
+
 class Answer:
     """An answer's tokens as they are chosen, and the rule that ends it: the token limit, a stop token,
     or ``on_token`` returning ``True`` (a stop string). An exception ``on_token`` raises propagates."""
@@ -102,10 +117,7 @@ class Answer:
     def take(self, token: int) -> bool:
         """Add ``token`` (streamed to ``on_token``); True when the answer has ended with it."""
         self.tokens.append(token)
-        if (self.on_token is not None and self.on_token(token) is True) or token in self.stop_ids:
-            self.finish_reason = "stop"
-        elif len(self.tokens) >= self.max_new_tokens:
-            self.finish_reason = "length"
+        self.finish_reason = ending(self.tokens, self.max_new_tokens, self.stop_ids, self.on_token)
         return self.finish_reason is not None
 
     @property

@@ -183,7 +183,7 @@ def generate(
             )
             answer.tokens += tokens[0].tolist()
         else:
-            proposer, shared_seconds = _proposer(plan, draft, speculative, sampler)
+            proposer, shared_seconds = make_proposer(plan, draft, speculative, sampler)
             decode_start -= shared_seconds  # counted as if this call had run the draft's pre-fill
             speculative_decode(
                 target, prefilled.cache, prefilled.logits, position, answer, proposer, sampler,
@@ -197,7 +197,7 @@ def generate(
     return GenerationResult(text=text, token_ids=token_ids, stats=stats)
 
 
-def _proposer(
+def make_proposer(
     plan: Plan, draft: nn.Module | None, config: SpeculativeConfig, sampler: Sampler
 ) -> tuple[Drafter | PromptLookup, float]:
     """Who proposes for speculative decoding, and the seconds to count for it beyond the time this call
@@ -219,10 +219,31 @@ class Plan:
     stop_ids: frozenset[int]
     reader: SameTokenizerReader | OwnTokenizerReader  # the draft, reading the prompt
     reuse: SharedPrefill | None
+    speculative: SpeculativeConfig | None = None
 
     @property
     def prompt_length(self) -> int:
         return self.input_ids.shape[1]
+
+
+def reserved_bytes(
+    target: nn.Module,
+    draft: nn.Module | None,
+    method: Method,
+    prompt_length: int,
+    max_new_tokens: int,
+    speculative: SpeculativeConfig | None = None,
+) -> int:
+    """KV bytes one generation may hold: what ``method`` keeps and the new tokens
+    (:func:`~draftwise.checks.reserved_kv_bytes`); with ``speculative``, ``k`` more tokens read on
+    trial and, when the draft proposes, the draft's own cache of the prompt."""
+    if speculative is None:
+        return reserved_kv_bytes(target, method, prompt_length, max_new_tokens)
+    most = max_new_tokens + speculative.k
+    total = reserved_kv_bytes(target, method, prompt_length, most)
+    if speculative.proposer == "draft" and draft is not None:
+        total += reserved_kv_bytes(draft, speculative.draft_method or Full(), prompt_length, most)
+    return total
 
 
 def plan_generation(
@@ -265,7 +286,7 @@ def plan_generation(
     if speculative is not None:
         same = draft_tokenizer is None or same_tokenizer(tokenizer, draft_tokenizer)
         check_speculative(speculative, target, draft, same, n, max_new_tokens)
-    return Plan(method, input_ids, max_new_tokens, stops, reader, reuse)
+    return Plan(method, input_ids, max_new_tokens, stops, reader, reuse, speculative)
 
 
 @dataclass
@@ -386,6 +407,7 @@ def generate_batch(
     max_memory: int | None = None,
     draft_tokenizer=None,
     progress: bool = False,
+    speculative: SpeculativeConfig | None = None,
 ) -> list[GenerationResult]:
     """Answer several prompts, decoding them together: one :class:`GenerationResult` per prompt, in order.
 
@@ -405,6 +427,9 @@ def generate_batch(
         max_memory: bytes of KV cache the batch may hold (rows are padded to the longest kept length):
             a batch that could exceed it is refused before any work.
         progress: a progress bar over the prompts compressed and the rows finished.
+        speculative: decode speculatively, as :func:`generate` does: each row's proposals (from its
+            own draft cache, or looked up in its prompt) are verified in the batch's forward, every
+            row keeping what its target accepts.
     Needs ``eager`` or ``sdpa`` attention in the target.
     """
     if (
@@ -436,6 +461,7 @@ def generate_batch(
                     _or(request.max_new_tokens, max_new_tokens),
                     None,
                     draft_tokenizer,
+                    speculative,
                 )
             )
             sampling = (
@@ -448,7 +474,7 @@ def generate_batch(
         except (ValueError, TypeError) as error:
             raise type(error)(f"prompt {i}: {error}") from error
     width = len(plans) if max_batch is None else min(max_batch, len(plans))
-    check_batch_memory(target, plans, width, max_memory)
+    check_batch_memory(target, draft, plans, width, max_memory)
 
     start = now()
     results: list[GenerationResult | None] = [None] * len(plans)
@@ -461,6 +487,10 @@ def generate_batch(
             index, ready, text, first = running.pop(id(row))
             text.finish()
             stats = ready.stats(plans[index], len(row.tokens), first - start, now() - first, row.accepted)
+            stats.speculative_drafted, stats.speculative_accepted = (
+                row.drafting.drafted,
+                row.drafting.accepted,
+            )
             results[index] = GenerationResult(text=text.text, token_ids=row.tokens, stats=stats)
             bar.update(1)
 
@@ -472,6 +502,8 @@ def generate_batch(
                 text = TextStream(tokenizer, stops[index])
                 row = Row.after(ready.prefilled, ready.kept_length, plan.max_new_tokens, samplers[index])
                 row.stop_ids, row.on_token = plan.stop_ids, _stopper(text)
+                if speculative is not None:
+                    row.proposer = make_proposer(plan, draft, speculative, samplers[index])[0]
                 running[id(row)] = (index, ready, text, now())
                 if not decoder.add(row):  # done at its first token
                     finish(row)
@@ -496,12 +528,17 @@ def _stopper(text: TextStream) -> Callable[[int], bool]:
     return on_token
 
 
-def check_batch_memory(target: nn.Module, plans: Sequence[Plan], width: int, limit: int | None) -> None:
+def check_batch_memory(
+    target: nn.Module, draft: nn.Module | None, plans: Sequence[Plan], width: int, limit: int | None
+) -> None:
     """Raise :class:`~draftwise.checks.TooLarge` if ``width`` rows could hold more KV bytes than ``limit``:
-    every row is padded to the widest row's kept prompt and new tokens (:func:`reserved_kv_bytes`)."""
+    every row is padded to the widest row's kept prompt and new tokens (:func:`reserved_bytes`)."""
     if limit is None:
         return
-    reserved = [reserved_kv_bytes(target, p.method, p.prompt_length, p.max_new_tokens) for p in plans]
+    reserved = [
+        reserved_bytes(target, draft, p.method, p.prompt_length, p.max_new_tokens, p.speculative)
+        for p in plans
+    ]
     needed = width * max(reserved)  # any row may be the widest
     if needed > limit:
         positions = max(p.method.kept_length(p.prompt_length) + p.max_new_tokens for p in plans)

@@ -173,3 +173,24 @@ def forced(method):
             body["kv_stage"] = lambda self: forced(cls.kv_stage(self))
         _FORCED[cls] = type(f"Forced{cls.__name__}", (cls,), body)
     return _FORCED[cls](**{f.name: getattr(method, f.name) for f in fields(method)})
+
+
+# ---- a batch of rows of every kind ----
+
+BATCH_LENGTHS = (5, 12, 40, 70, 25, 90, 33)  # under and over Gemma's window of 16, and the budget of 24
+
+
+def mixed_requests() -> list:
+    """Every method of the matrix (and Full), one ``GenerationRequest`` each, with mixed prompt lengths
+    and token limits; prompts the budget covers go through Full, so rows of every kind of cache meet in
+    one batch."""
+    from draftwise import Full, GenerationRequest
+
+    requests = []
+    for i, method in enumerate([Full(), *every_method(24)]):
+        n = BATCH_LENGTHS[i % len(BATCH_LENGTHS)]
+        method = method if n > 24 else Full()
+        requests.append(
+            GenerationRequest(random_ids(n, seed=i), method=method, max_new_tokens=3 + (i * 7) % 30)
+        )
+    return requests

@@ -5,27 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import ARCHITECTURES, every_method, random_ids, tiny_model
+from helpers import ARCHITECTURES, mixed_requests, random_ids, tiny_model
 
-from draftwise import Full, GenerationRequest, SnapKV, SpecKV, generate, generate_batch
+from draftwise import GenerationRequest, SnapKV, SpecKV, generate, generate_batch
 from draftwise.batching import BatchDecoder, BatchLayer, Row
 from draftwise.checks import TooLarge
 from draftwise.prefill import prefill
-
-LENGTHS = (5, 12, 40, 70, 25, 90, 33)  # under and over Gemma's window of 16, and the budget of 24
-
-
-def _mixed_requests() -> list[GenerationRequest]:
-    """Every method of the matrix (and Full), one row each, with mixed prompt lengths and token limits;
-    prompts the budget covers go through Full, so rows of every kind of cache meet in one batch."""
-    requests = []
-    for i, method in enumerate([Full(), *every_method(24)]):
-        n = LENGTHS[i % len(LENGTHS)]
-        method = method if n > 24 else Full()
-        requests.append(
-            GenerationRequest(random_ids(n, seed=i), method=method, max_new_tokens=3 + (i * 7) % 30)
-        )
-    return requests
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
@@ -36,7 +21,7 @@ def test_every_row_answers_as_its_prompt_alone(arch, attn, tokenizer):
     finishing at different steps; all at once, and at most 3 at a time (rows join as others leave)."""
     target = tiny_model(arch, seed=0, attn=attn)
     draft = tiny_model(arch, seed=1, attn=attn, layers=2)
-    requests = _mixed_requests()
+    requests = mixed_requests()
     alone = [
         generate(target, draft, tokenizer, r.prompt, method=r.method, max_new_tokens=r.max_new_tokens)
         for r in requests

@@ -390,6 +390,56 @@ def test_concurrent_generations_answer_as_they_would_alone(models):
     assert max(rows) <= 4
 
 
+def test_speculative_decoding_serves_rows_together_with_the_same_answers(models):
+    """A server decoding speculatively (the operator's setting): requests sent at once are verified
+    together (several rows, several tokens each) and answer as the plain server does, one at a time;
+    the usage reports the drafting."""
+    from draftwise import SpeculativeConfig
+
+    target, draft, tokenizer = models
+    prompts = [" ".join(f"w{6 + (i * 5 + k) % 80}" for k in range(40 + 9 * i)) for i in range(4)]
+    options = {"method": "snapkv", "budget": 24, "window": 8}
+
+    def ask(base: str, i: int) -> dict:
+        body = {"model": MODEL, "prompt": prompts[i], "max_tokens": 12, "draftwise": options}
+        response = httpx.post(base + TEXT, json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    app = create_app(target, draft, tokenizer, model_name=MODEL, defaults={"method": "full"}, max_batch=1)
+    with running(app) as base:
+        alone = [ask(base, i)["choices"][0]["text"] for i in range(len(prompts))]
+    app = create_app(
+        target, draft, tokenizer, model_name=MODEL, defaults={"method": "full"}, max_batch=4,
+        speculative=SpeculativeConfig(k=3),
+    )  # fmt: skip
+    chunks: list[tuple[int, int]] = []  # (rows, tokens a row) of each forward of the target
+    handle = target.register_forward_pre_hook(_note_shapes(chunks), with_kwargs=True)
+    try:
+        with running(app) as base, ThreadPoolExecutor(len(prompts)) as pool:
+            together = list(pool.map(lambda i: ask(base, i), range(len(prompts))))
+    finally:
+        handle.remove()
+    assert [answer["choices"][0]["text"] for answer in together] == alone
+    assert all(answer["usage"]["speculative_drafted"] > 0 for answer in together)
+    assert any(rows > 1 and width > 1 for rows, width in chunks), "no verification of several rows"
+    with pytest.raises(ValueError, match="upstream"):
+        ServerSettings(upstream="http://127.0.0.1:9/v1", speculative=SpeculativeConfig())
+    with pytest.raises(ValueError, match="needs a draft"):
+        create_app(target, None, tokenizer, model_name=MODEL, defaults={"method": "full"},
+                   speculative=SpeculativeConfig())  # fmt: skip
+
+
+def _note_shapes(shapes: list[tuple[int, int]]):
+    def note(module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is not None:
+            shapes.append(tuple(ids.shape))
+        time.sleep(0.002)  # let requests arriving meanwhile join
+
+    return note
+
+
 def _note_decode_rows(rows: list[int]):
     def note(module, args, kwargs):
         ids = kwargs.get("input_ids")
@@ -498,6 +548,10 @@ def test_the_serve_command_builds_one_settings_object():
     assert settings.defaults["method"] == "specpc" and settings.defaults["budget"] == 512
     plain = server_settings(add_serve_arguments(argparse.ArgumentParser()).parse_args(["--api-key", "k"]))
     assert plain.defaults["method"] == "speckv" and plain.api_key == "k" and plain.upstream is None
+    assert plain.speculative is None
+    argv = ["--speculative", "5", "--speculative-proposer", "lookup"]
+    fast = server_settings(add_serve_arguments(argparse.ArgumentParser()).parse_args(argv))
+    assert (fast.speculative.k, fast.speculative.proposer) == (5, "lookup")
 
 
 @pytest.mark.parametrize(

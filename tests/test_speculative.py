@@ -8,11 +8,22 @@ import math
 
 import pytest
 import torch
-from helpers import ARCHITECTURES, every_method, random_ids, tiny_model
+from helpers import ARCHITECTURES, every_method, mixed_requests, random_ids, tiny_model
 
-from draftwise import Full, SpecKV, SpeculativeConfig, StreamingLLM, generate, self_draft
+from draftwise import (
+    Full,
+    GenerationRequest,
+    SpecKV,
+    SpeculativeConfig,
+    StreamingLLM,
+    generate,
+    generate_batch,
+    self_draft,
+)
 from draftwise.acceptance import accept
+from draftwise.batching import BatchLayer, BatchSlidingLayer
 from draftwise.cache import head_masks, tentative
+from draftwise.checks import TooLarge
 from draftwise.chunk_attention import ChunkAttention, chunk_mask, placeholder_mask
 from draftwise.decoding import Answer, Sampler, decode
 from draftwise.headmask import HeadMaskedAttention
@@ -303,3 +314,110 @@ def test_a_shared_prefill_serves_speculative_decoding(tokenizer):
         assert together.token_ids == alone.token_ids, method
         assert together.stats.speculative_drafted == alone.stats.speculative_drafted, method
         assert together.stats.speculative_accepted == alone.stats.speculative_accepted, method
+
+
+# ---- in batches: rows accept different counts ----
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_batched_rows_answer_as_each_prompt_alone(arch, attn, tokenizer):
+    """Every method x architecture x attention, rows joining and leaving (at most 3 at a time): each
+    row's tokens are its prompt's plain answer, and its drafting (proposed, accepted) is what
+    speculative decoding gives it alone -- rows accept different counts in the same verification and
+    stay aligned (pruned, padded and sliding-window layers)."""
+    target = tiny_model(arch, seed=0, attn=attn)
+    draft = tiny_model(arch, seed=1, attn=attn, layers=2)
+    requests = mixed_requests()
+    # the target proposing to itself accepts much (not all: its cache is whole, the rows' are pruned);
+    # the other draft, its cache compressed, little
+    for config, proposer in ((CONFIGS[0], target), (CONFIGS[1], draft)):  # also SpecKV's draft
+        plain = [
+            generate(target, proposer, tokenizer, r.prompt, method=r.method, max_new_tokens=r.max_new_tokens)
+            for r in requests
+        ]
+        alone = [
+            generate(target, proposer, tokenizer, r.prompt, method=r.method, max_new_tokens=r.max_new_tokens,
+                     speculative=config)
+            for r in requests
+        ]  # fmt: skip
+        batch = generate_batch(target, proposer, tokenizer, requests, max_batch=3, speculative=config)
+        for request, expected, one, together in zip(requests, plain, alone, batch, strict=True):
+            assert together.token_ids == expected.token_ids, (config, request.method)
+            drafting = (together.stats.speculative_drafted, together.stats.speculative_accepted)
+            assert drafting == (one.stats.speculative_drafted, one.stats.speculative_accepted)
+        rates = {r.stats.speculative_accepted / max(1, r.stats.speculative_drafted) for r in batch}
+        assert len(rates) > 2, "rows should accept different shares"
+
+
+def test_batched_sampling_draws_as_each_row_alone(tokenizer):
+    """Sampled with a draft that samples too: each row's seeded draws (the draft's, the acceptance's, the
+    residual's) are the ones it makes alone, whatever the others accept."""
+    target = tiny_model("qwen2", seed=0)
+    draft = tiny_model("qwen2", seed=1, layers=2)
+    prompts = [random_ids(n, seed=n) for n in (20, 45, 33)]
+    requests = [GenerationRequest(p, temperature=1.0, seed=7 + i) for i, p in enumerate(prompts)]
+    config = SpeculativeConfig(k=3)
+    batch = generate_batch(target, draft, tokenizer, requests, max_new_tokens=12, speculative=config)
+    for request, result in zip(requests, batch, strict=True):
+        alone = generate(
+            target, draft, tokenizer, request.prompt, max_new_tokens=12, temperature=1.0,
+            seed=request.seed, speculative=config,
+        )  # fmt: skip
+        assert result.token_ids == alone.token_ids
+        assert result.stats.speculative_drafted == alone.stats.speculative_drafted > 0
+
+
+def test_a_batch_layer_drops_each_rows_last_entries_by_hand():
+    """Row 0 drops nothing, row 1 its last 2: row 1 moves right (its freed columns become padding), and
+    the column that is padding in both rows goes."""
+    keys = torch.tensor([[0.0, 1, 2, 3, 4], [0, 10, 11, 12, 13]])[:, None, :, None]  # [2, 1, 5, 1]
+    valid = torch.tensor([[False, True, True, True], [False, True, True, True]])[:, None]  # 4 columns
+    layer = BatchLayer(keys, keys.clone(), valid)
+    layer.drop_last(torch.tensor([0, 2]))
+    assert layer.keys[:, 0, :, 0].tolist() == [[1, 2, 3, 4], [0, 0, 10, 11]]
+    assert layer.valid[:, 0].tolist() == [[True] * 4, [False, False, True, True]]
+    layer.drop_last(torch.tensor([1, 1]))  # both alike: a plain crop, and a padding column less
+    assert layer.keys[:, 0, :, 0].tolist() == [[1, 2, 3], [0, 0, 10]]
+    assert layer.values[:, 0, :, 0].tolist() == [[1, 2, 3], [0, 0, 10]]
+    assert layer.valid[:, 0].tolist() == [[True] * 3, [False, False, True]]
+
+
+def test_a_sliding_layer_rolls_back_each_row_to_its_own_window():
+    """A window of 4 holds 3 entries; a trial reads 3 more. Row 0 keeps one of them (its window: the 2
+    last held and it), row 1 all three."""
+    held = torch.tensor([[1.0, 2, 3], [21, 22, 23]])[:, None, :, None]
+    layer = BatchSlidingLayer(4, held, held.clone(), None)
+    layer.trial = True
+    new = torch.tensor([[4.0, 5, 6], [24, 25, 26]])[:, None, :, None]
+    keys, _ = layer.update(new, new.clone())
+    assert keys.shape[2] == 6  # every state returned during the trial
+    layer.drop_last(torch.tensor([2, 0]))
+    assert layer.keys[:, 0, :, 0].tolist() == [[2, 3, 4], [24, 25, 26]]
+    assert layer.valid is None and not layer.trial
+    with pytest.raises(RuntimeError, match="trial"):
+        layer.drop_last(torch.tensor([0, 0]))
+
+
+def test_a_batchs_memory_counts_the_trial_tokens_and_the_drafts_cache(tokenizer):
+    """max_memory refuses before any work a batch whose drafts' caches and trial tokens would not fit,
+    while the same batch without speculative decoding fits."""
+    target = tiny_model("llama", seed=0)
+    draft = tiny_model("llama", seed=1, layers=2)
+    prompts = [random_ids(N, seed=s) for s in range(3)]
+    plain = generate_batch(target, draft, tokenizer, prompts, max_new_tokens=4)
+    from draftwise.checks import kv_cache_bytes
+
+    limit = 3 * kv_cache_bytes(target, N + 4, N + 4) + 1  # three plain rows, just
+    generate_batch(target, draft, tokenizer, prompts, max_new_tokens=4, max_memory=limit)
+    with pytest.raises(TooLarge, match="max_memory"):
+        generate_batch(
+            target, draft, tokenizer, prompts, max_new_tokens=4, max_memory=limit, speculative=CONFIGS[0]
+        )
+    lookup = SpeculativeConfig(k=1, proposer="lookup")  # one trial token a row more than plain
+    with pytest.raises(TooLarge, match="max_memory"):
+        generate_batch(
+            target, None, tokenizer, prompts, max_new_tokens=4, max_memory=limit, speculative=lookup
+        )
+    spacious = generate_batch(target, draft, tokenizer, prompts, max_new_tokens=4, speculative=CONFIGS[0])
+    assert [r.token_ids for r in spacious] == [r.token_ids for r in plain]

@@ -132,6 +132,23 @@ def test_completions(front, upstream, compressed):
     )
     assert out.choices[0].text == direct.choices[0].text
     assert out.usage.prompt_tokens == 40 and out.usage.model_extra["prompt_tokens_before"] == 200
+    assert out.usage.model_extra["prompt_tokens_original"] == 200  # the upstream's 40 + the 160 dropped
+
+
+def test_a_streamed_usage_chunk_counts_both_prompts(front):
+    """With ``stream_options.include_usage`` the upstream's last chunk carries the usage: the front
+    adds the prompt's original and kept counts to it, as to a whole answer, and leaves the other
+    chunks as they came."""
+    stream = client_of(front).chat.completions.create(
+        model=MODEL, messages=chat(), max_tokens=6, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"draftwise": SPECPC},
+    )  # fmt: skip
+    chunks = list(stream)
+    usage = chunks[-1].usage
+    assert not chunks[-1].choices and usage.completion_tokens == 6
+    assert usage.model_extra["prompt_tokens_before"] == 200 and usage.model_extra["prompt_tokens_kept"] == 40
+    assert usage.model_extra["prompt_tokens_original"] == usage.prompt_tokens + 160
+    assert all(c.usage is None for c in chunks[:-1])
 
 
 def test_full_forwards_unchanged(front, upstream):

@@ -25,6 +25,7 @@ from draftwise.serve.settings import ServerSettings
 from draftwise.serve.upstream import create_upstream_app
 from draftwise.serve.watch import CLIENT_CLOSED, ClientGone, ClientWatch
 from draftwise.serve.worker import Delta, Engine, Event, Failed, Finished, Generation
+from draftwise.speculative import check_speculative
 
 
 def _failure(error: Exception) -> APIError:
@@ -124,9 +125,13 @@ def create_app(
     default_method = defaults.build_method(None)
     if default_method.needs_draft and draft is None:
         raise ValueError(f"the default method {default_method.name} needs a draft model")
+    speculative = settings.speculative
+    if speculative is not None:
+        check_speculative(speculative, target, draft, True, 1, 1)
     engine = Engine(
-        target, draft, tokenizer, settings.max_batch, settings.max_queue, settings.kv_cache_memory
-    )
+        target, draft, tokenizer, settings.max_batch, settings.max_queue, settings.kv_cache_memory,
+        speculative,
+    )  # fmt: skip
     started = int(time.time())
     app = new_app("OpenAI-compatible draftwise server", settings, engine.close)
     app.state.engine = engine

@@ -9,7 +9,7 @@ import os
 import sys
 
 from draftwise.models import load_model
-from draftwise.options import MethodOptions, ModelOptions, add_arguments, from_args
+from draftwise.options import MethodOptions, ModelOptions, SpeculativeOptions, add_arguments, from_args
 from draftwise.serve.settings import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_LIMIT_CONCURRENCY,
@@ -38,6 +38,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         defaults={"method": None},
         help={"method": "for requests that name none: speckv; specpc with --upstream (specpc or full)"},
     )
+    add_arguments(parser, SpeculativeOptions)
     parser.add_argument("--max-new-tokens", type=int, default=256, help="for requests without max_tokens")
     parser.add_argument(
         "--max-new-tokens-limit", type=int, default=DEFAULT_MAX_NEW_TOKENS_LIMIT,
@@ -179,6 +180,7 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         upstream_api_key=args.upstream_api_key,
         upstream_timeout=args.upstream_timeout,
         max_forwarded=args.max_forwarded,
+        speculative=from_args(SpeculativeOptions, args).build(),
     )
 
 

@@ -52,6 +52,10 @@ class ServerSettings:
         upstream_api_key: the key sent upstream; without it none is (a client's key is this server's).
         upstream_timeout: seconds to wait for the upstream (connecting, and between bytes read).
         max_forwarded: upstream mode: requests in flight to the upstream at once; beyond them, 429.
+        speculative: decode every request speculatively (a
+            :class:`~draftwise.speculative.SpeculativeConfig`): the draft (or a lookup in the prompt)
+            proposes, the target verifies in the batch's forward. Lossless, so it is the operator's
+            choice, not a request's. ``None``: off.
     """
 
     model_name: str | None = None
@@ -69,6 +73,7 @@ class ServerSettings:
     upstream_api_key: str | None = None
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
     max_forwarded: int = DEFAULT_MAX_FORWARDED
+    speculative: Any = None  # a SpeculativeConfig (not imported here: the CLI reads these cheaply)
 
     def __post_init__(self) -> None:
         if (
@@ -85,6 +90,8 @@ class ServerSettings:
             raise ValueError(
                 f"need max_concurrency >= 1 and max_queue >= 0, got {self.max_concurrency}, {self.max_queue}"
             )
+        if self.speculative is not None and self.upstream is not None:
+            raise ValueError("speculative decoding runs where the target runs: not in upstream mode")
         if self.upstream is not None:
             if not self.upstream.startswith(("http://", "https://")):
                 raise ValueError(

@@ -3,9 +3,11 @@
 Each chat or text completion request has its prompt (chat: the last user message's content; text: the
 prompt string) compressed with SpecPC by the draft, in a worker thread, and is then forwarded, with the
 ``"draftwise"`` field removed, to the upstream server (vLLM, llama.cpp, another ``draftwise serve``).
-Its answer is passed back: JSON with the draft's token counts added to ``usage``, or its server-sent
-events chunk by chunk (decoded, whatever the upstream's content encoding). Unreachable upstream: 502;
-upstream timeout: 504; upstream 5xx or garbage (NaN included): 502; upstream 4xx: passed through.
+Its answer is passed back: JSON with the draft's token counts added to ``usage`` (the upstream's
+``prompt_tokens`` are the compressed prompt's; ``prompt_tokens_original`` adds back what was dropped),
+or its server-sent events as they come (decoded, whatever the upstream's content encoding; a usage
+chunk amended alike). Unreachable upstream: 502; upstream timeout: 504; upstream 5xx or garbage (NaN
+included): 502; upstream 4xx: passed through.
 Upstream details (its URL, its error texts) go to the log, never to clients.
 
 Before any work, a request takes one of ``max_forwarded`` places (else 429); a SpecPC prompt is checked
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -60,6 +63,35 @@ class Counts:
 
     def headers(self) -> dict[str, str]:
         return {TOKENS_HEADER: str(self.before), KEPT_HEADER: str(self.kept)}
+
+    def amend(self, data: Any) -> Any:
+        """``data`` (an answer or a chunk) with the counts in its ``usage``, if it has one: the upstream's
+        ``prompt_tokens`` are what it read (the compressed prompt); ``prompt_tokens_original`` adds
+        back what the front dropped (counted in the draft's tokens)."""
+        usage = data.get("usage") if isinstance(data, dict) else None
+        if isinstance(usage, dict):
+            usage["prompt_tokens_before"] = self.before
+            usage["prompt_tokens_kept"] = self.kept
+            if isinstance(usage.get("prompt_tokens"), int):
+                usage["prompt_tokens_original"] = usage["prompt_tokens"] + self.before - self.kept
+        return data
+
+
+MAX_EVENT_BYTES = 1 << 20  # an upstream event held back to amend its usage, at most
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _amended_event(event: bytes, counts: Counts) -> bytes:
+    """One server-sent event, its ``usage`` amended (:meth:`Counts.amend`) when it carries one."""
+    if b'"usage"' not in event or not event.startswith(b"data:"):
+        return event
+    try:
+        data = json.loads(event[5:])
+    except ValueError:
+        return event
+    if not isinstance(data, dict) or not isinstance(data.get("usage"), dict):
+        return event
+    return b"data: " + json.dumps(counts.amend(data)).encode()
 
 
 def _bad(message: str, param: str | None, code: str | None = None) -> APIError:
@@ -279,18 +311,24 @@ class Forwarder:
         if response.status_code >= 400:
             return Response(content, response.status_code, headers={**_passed_headers(response), **ours})
         data = await asyncio.to_thread(_upstream_json, content, path)
-        if isinstance(data, dict) and isinstance(data.get("usage"), dict):
-            data["usage"]["prompt_tokens_before"] = counts.before
-            data["usage"]["prompt_tokens_kept"] = counts.kept
-        return JSONResponse(data, response.status_code, headers=ours)
+        return JSONResponse(counts.amend(data), response.status_code, headers=ours)
 
     def _relay(self, response, path: str, counts: Counts) -> StreamingResponse:
-        """The upstream's events, chunk by chunk; the request's place is freed when they end."""
+        """The upstream's events as they come (a chunk's ``usage`` amended with the counts); the request's
+        place is freed when they end."""
 
         async def relay() -> AsyncIterator[bytes]:
+            pending = b""
             try:
                 async for chunk in response.aiter_bytes():  # decoded: the upstream may gzip
-                    yield chunk
+                    *events, pending = _EVENT_END.split(pending + chunk)
+                    if events:
+                        yield b"".join(_amended_event(event, counts) + b"\n\n" for event in events)
+                    if len(pending) > MAX_EVENT_BYTES:  # no event ends: pass it on as it is
+                        yield pending
+                        pending = b""
+                if pending:
+                    yield _amended_event(pending, counts)
             except httpx.HTTPError as error:
                 failure = _transport_error(error, path)
                 yield f"\n\ndata: {json.dumps(failure.body())}\n\n".encode()

@@ -5,8 +5,9 @@ between two decoding steps, and adds it to the running batch
 (:class:`~draftwise.batching.BatchDecoder`), as vLLM and Orca do: up to ``max_batch`` rows decode
 together, one forward per step, and a finished row leaves at once. With ``kv_cache_memory``, a job
 waits until the batch with it would hold at most that many bytes of KV cache: each row reserves what
-its method keeps plus its ``max_tokens`` (:func:`~draftwise.checks.reserved_kv_bytes`), and rows are
-padded to the widest, so a SpecKV@256 row reserves a small part of what a Full one does.
+its method keeps plus its ``max_tokens`` (:func:`~draftwise.generate.reserved_bytes`: with speculative
+decoding also the tokens read on trial and the draft's cache), and rows are padded to the widest, so a
+SpecKV@256 row reserves a small part of what a Full one does.
 
 A :class:`Generation` sends what the scheduler produces for it (:class:`Delta`, then
 :class:`Finished` or :class:`Failed`) to the event loop through an ``asyncio.Queue``. Cancelling it (its
@@ -25,11 +26,20 @@ import torch
 from torch import nn
 
 from draftwise.batching import BatchDecoder, Row
-from draftwise.checks import TooLarge, reserved_kv_bytes
+from draftwise.checks import TooLarge
 from draftwise.decoding import Sampler, stop_token_ids
-from draftwise.generate import Compressed, GenerationStats, Plan, compress, plan_generation
+from draftwise.generate import (
+    Compressed,
+    GenerationStats,
+    Plan,
+    compress,
+    make_proposer,
+    plan_generation,
+    reserved_bytes,
+)
 from draftwise.methods import Method
 from draftwise.serve.admission import Admission
+from draftwise.speculative import SpeculativeConfig
 from draftwise.text_stream import TextStream
 from draftwise.timing import now
 
@@ -80,7 +90,14 @@ class Generation:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self._cancelled = threading.Event()
         self.text = TextStream(engine.tokenizer, job.stop)
-        self.reserved = reserved_kv_bytes(engine.target, job.method, job.input_ids.shape[1], job.max_tokens)
+        self.reserved = reserved_bytes(
+            engine.target,
+            engine.draft,
+            job.method,
+            job.input_ids.shape[1],
+            job.max_tokens,
+            engine.speculative,
+        )
         # set by the scheduler when the job starts
         self.plan: Plan | None = None
         self.ready: Compressed | None = None
@@ -140,8 +157,10 @@ class Engine:
         max_batch: int,
         max_queue: int,
         kv_cache_memory: int | None = None,
+        speculative: SpeculativeConfig | None = None,
     ) -> None:
         self.target, self.draft, self.tokenizer = target, draft, tokenizer
+        self.speculative = speculative
         self.eos_ids = stop_token_ids(tokenizer, target)
         self.max_batch, self.kv_cache_memory = max_batch, kv_cache_memory
         self.admission = Admission(max_batch + max_queue, "requests running or waiting")
@@ -259,10 +278,14 @@ class Engine:
         generation.started = now()
         try:
             plan = plan_generation(
-                self.target, self.draft, self.tokenizer, job.input_ids, job.method, job.max_tokens
-            )
+                self.target, self.draft, self.tokenizer, job.input_ids, job.method, job.max_tokens,
+                speculative=self.speculative,
+            )  # fmt: skip
             sampler = Sampler(job.temperature, job.top_p, job.seed)
             generation.plan, generation.ready = plan, compress(self.target, plan, sampler)
+            proposer = None
+            if self.speculative is not None:
+                proposer = make_proposer(plan, self.draft, self.speculative, sampler)[0]
         except Exception as error:  # bad input found by generate, or a bug: the app decides
             generation.emit(Failed(error))
             generation.done()
@@ -270,6 +293,7 @@ class Engine:
         ready = generation.ready
         row = Row.after(ready.prefilled, ready.kept_length, job.max_tokens, sampler)
         row.stop_ids, row.on_token = plan.stop_ids, generation.on_token
+        row.proposer = proposer
         self._rows[id(row)] = (row, generation)
         if not self.decoder.add(row):
             self._finish(row)
@@ -290,6 +314,10 @@ class Engine:
             first = generation.first_token or now()
             stats = generation.ready.stats(
                 generation.plan, len(row.tokens), first - generation.started, now() - first, row.accepted
+            )
+            stats.speculative_drafted, stats.speculative_accepted = (
+                row.drafting.drafted,
+                row.drafting.accepted,
             )
             generation.emit(Finished(reason, len(row.tokens), stats))
         finally:
