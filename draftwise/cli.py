@@ -109,8 +109,8 @@ def parser() -> argparse.ArgumentParser:
         sub.add_parser("serve", help="an OpenAI-compatible HTTP server (127.0.0.1 by default)")
     )
 
-    plot = sub.add_parser("plot", help="PNG figures from a results file")
-    plot.add_argument("results")
+    plot = sub.add_parser("plot", help="PNG figures from results files")
+    plot.add_argument("results", nargs="+", help="JSONL results; several lengths add retained_vs_length.png")
     plot.add_argument("--out", default="plots")
     plot.set_defaults(func=cmd_plot)
     return root

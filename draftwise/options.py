@@ -86,6 +86,12 @@ class MethodOptions:
     sparse_prefill: bool | None = option(
         None, "speckv: sparse (vertical-slash) pre-fill", action="store_true"
     )
+    sparse_kernel: str | None = option(
+        None,
+        "speckv sparse pre-fill: 'flex' (one fused FlexAttention kernel, compiled) or 'reference' "
+        f"(plain PyTorch); default {SpecKV.sparse_kernel}",
+        choices=["flex", "reference"],
+    )
     vertical: int | None = option(
         None,
         f"speckv sparse pre-fill: keys every query sees (default {SpecKV.vertical})",

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from draftwise.attention import AttentionOverride, attention_rows
+from draftwise.flex_sparse import flex_vertical_slash_attention
 from draftwise.methods.base import KVMethod
 from draftwise.scoring import top_indices
 
@@ -107,4 +108,21 @@ class SparsePrefill(AttentionOverride):
             positions = torch.arange(n_keys - observed, n_keys)
             rows = attention_rows(query[:, :, -observed:], key, positions, scaling, softcap)[..., :candidates]
             verticals = top_indices(self.method.score(rows, key[:, :, :candidates]), self.vertical)
+        if self.method.sparse_kernel == "flex":
+            return fused_attention(query, key, value, verticals, self.slash, scaling, softcap), None
         return vertical_slash_attention(query, key, value, verticals, self.slash, scaling, softcap), None
+
+
+def fused_attention(query, key, value, verticals, band, scaling, softcap):
+    """:func:`~draftwise.flex_sparse.flex_vertical_slash_attention`, with a clear error where it cannot be
+    compiled."""
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import InductorError
+
+    try:
+        return flex_vertical_slash_attention(query, key, value, verticals, band, scaling, softcap)
+    except (BackendCompilerFailed, InductorError) as error:
+        raise RuntimeError(
+            "the fused sparse pre-fill (FlexAttention) could not be compiled here "
+            f"({type(error).__name__}); pass sparse_kernel='reference' (CLI --sparse-kernel reference)"
+        ) from error

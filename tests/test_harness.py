@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from draftwise.bench.entries import build_entries
 from draftwise.bench.harness import run_ruler
-from draftwise.bench.plot import plot_results
+from draftwise.bench.plot import plot_results, retained_by_length
 from draftwise.bench.records import read_records
 from draftwise.bench.summary import summarize, summary_markdown
 from draftwise.cli import main
@@ -135,6 +135,41 @@ def test_plots_compare_only_the_tasks_every_method_answered(tmp_path):
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match="share no task"):
         plot_results(out, tmp_path / "figs")
+
+
+def test_retained_vs_length_compares_the_same_samples_at_every_length(tmp_path):
+    """Per method and length: its mean score over Full's, on the samples every method answered at
+    every length (a sample answered at one length only, or by one method only, is left out)."""
+    base = {"prediction": "", "answers": ["X"], "peak_rss_mib": 1.0, "kv_fraction": 1.0, "budget": 256}
+    rows = []
+    for length, full, snap in ((4096, [1.0, 1.0], [1.0, 0.5]), (8192, [1.0, 0.5], [0.5, 0.0])):
+        for index in (0, 1):
+            rows.append({**base, "task": "vt", "length": length, "index": index, "label": "full",
+                         "method": "full", "score": full[index]})  # fmt: skip
+            rows.append({**base, "task": "vt", "length": length, "index": index, "label": "snapkv@256",
+                         "method": "snapkv", "score": snap[index]})  # fmt: skip
+    rows.append(
+        {**base, "task": "vt", "length": 4096, "index": 2, "label": "full", "method": "full", "score": 0.0}
+    )  # fmt: skip  (no 8k answer for index 2: left out)
+    rows.append(
+        {
+            **base,
+            "task": "vt",
+            "length": 4096,
+            "index": 0,
+            "label": "knorm@256",
+            "method": "knorm",
+            "score": 0.0,
+        }
+    )  # fmt: skip  (not at 8k: no curve)
+    assert retained_by_length(rows) == {"snapkv@256": {4096: 0.75, 8192: 0.5 / 1.5}}
+    short, long = tmp_path / "4k.jsonl", tmp_path / "8k.jsonl"
+    short.write_text("".join(json.dumps(r) + "\n" for r in rows if r["length"] == 4096))
+    long.write_text("".join(json.dumps(r) + "\n" for r in rows if r["length"] == 8192))
+    assert main(["plot", str(short), str(long), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "retained_vs_length.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="Full"):
+        retained_by_length([r for r in rows if r["label"] != "full"])
 
 
 def test_samples_command_caches_what_the_harness_reads(qwen_tokenizer, tmp_path, monkeypatch, capsys):

@@ -1,4 +1,5 @@
-"""Figures from a results file: accuracy vs budget per method, and per-task bars."""
+"""Figures from results files: accuracy vs budget per method, per-task bars, and (when the records span
+several context lengths) accuracy retained vs Full against context length."""
 
 from __future__ import annotations
 
@@ -17,19 +18,86 @@ def _colors(plt, count: int) -> list:
     return [plt.get_cmap("tab10" if count <= 10 else "tab20")(i % 20) for i in range(count)]
 
 
-def plot_results(results: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write ``accuracy_vs_budget.png`` and ``accuracy_per_task.png`` into ``out_dir``; return their paths.
+def retained_by_length(records: list[dict]) -> dict[str, dict[int, float]]:
+    """Per method label (those answered at every length, Full's excepted), per context length: its mean
+    score over Full's, on the samples (task, index) that every such label and Full answered at every
+    length, so each point compares like with like."""
+    lengths = sorted({r["length"] for r in records})
+    labels_at = [{r["label"] for r in records if r["length"] == n} for n in lengths]
+    labels = set.intersection(*labels_at) if labels_at else set()
+    if "full" not in labels:
+        raise ValueError("Full's answers are needed at every length to say what is retained")
+    answered: dict[tuple, set] = defaultdict(set)  # (task, index) -> {(length, label)}
+    for r in records:
+        if r["label"] in labels:
+            answered[r["task"], r["index"]].add((r["length"], r["label"]))
+    everywhere = {(n, label) for n in lengths for label in labels}
+    samples = {key for key, seen in answered.items() if seen >= everywhere}
+    if not samples:
+        raise ValueError("no sample was answered by every method at every length")
+    scores: dict[tuple, list[float]] = defaultdict(list)
+    for r in records:
+        if r["label"] in labels and (r["task"], r["index"]) in samples:
+            scores[r["length"], r["label"]].append(r["score"])
+    out: dict[str, dict[int, float]] = {}
+    for label in sorted(labels - {"full"}):
+        out[label] = {}
+        for n in lengths:
+            full = statistics.mean(scores[n, "full"])
+            out[label][n] = statistics.mean(scores[n, label]) / full if full else float("nan")
+    return out
 
-    Only the tasks every method in the file answered are plotted, so averages compare like with like.
+
+def _plot_retained_vs_length(plt, records: list[dict], out_dir: Path) -> Path:
+    curves = retained_by_length(records)
+    samples = len({(r["task"], r["index"]) for r in records if r["label"] == "full"})
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=150)
+    colors = _colors(plt, len(curves))
+    for i, (label, points) in enumerate(curves.items()):
+        lengths = sorted(points)
+        ax.plot(
+            lengths,
+            [points[n] for n in lengths],
+            color=colors[i],
+            marker=MARKERS[i % len(MARKERS)],
+            linestyle="-" if label.startswith("spec") else "--",
+            label=label,
+        )
+    ax.axhline(1.0, color="black", linestyle=":", linewidth=1, label="full")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({n for points in curves.values() for n in points}))
+    ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda n, _: f"{n / 1024:g}k"))
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel(f"RULER accuracy retained vs Full (samples: up to {samples})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    path = out_dir / "retained_vs_length.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_results(results: str | Path | list[str | Path], out_dir: str | Path) -> list[Path]:
+    """Write ``accuracy_vs_budget.png`` and ``accuracy_per_task.png`` into ``out_dir``, and, when the
+    records (of one file or several) span more than one context length, ``retained_vs_length.png``;
+    return their paths.
+
+    Only the tasks every method answered are plotted, so averages compare like with like.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = read_records(results)
+    files = [results] if isinstance(results, (str, Path)) else list(results)
+    records = [r for path in files for r in read_records(path)]
     if not records:
-        raise ValueError(f"no records in {results}")
+        raise ValueError(f"no records in {', '.join(map(str, files))}")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    extra = []
+    if len({r["length"] for r in records}) > 1:
+        extra.append(_plot_retained_vs_length(plt, records, Path(out_dir)))
     # Compare like with like: only the tasks every method answered.
     tasks_of: dict[str, set[str]] = defaultdict(set)
     for r in records:
@@ -87,4 +155,4 @@ def plot_results(results: str | Path, out_dir: str | Path) -> list[Path]:
     second = out_dir / "accuracy_per_task.png"
     fig.savefig(second)
     plt.close(fig)
-    return [first, second]
+    return [first, second, *extra]

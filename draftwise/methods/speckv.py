@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from draftwise.methods.base import check_positive
 from draftwise.methods.snapkv import SnapKV
+
+SparseKernel = Literal["flex", "reference"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,9 @@ class SpecKV(SnapKV):
        pass in which every query sees only ``vertical`` keys (per layer and KV head, the ones this
        scorer ranks highest from the window and lookahead queries of that pass) and a band of the last
        ``slash`` keys. It applies when ``vertical + slash`` is less than ``n + m``; the answer is then
-       approximate even with a budget covering the prompt.
+       approximate even with a budget covering the prompt. ``sparse_kernel``: ``"flex"`` runs it as one
+       fused FlexAttention kernel (:mod:`draftwise.flex_sparse`, compiled by ``torch.compile``),
+       ``"reference"`` as plain PyTorch (:mod:`draftwise.sparse`); the two agree to float rounding.
 
     Defaults are the paper's: window 32, kernel 7, max pool, max reduction, vertical = slash = 2048.
     """
@@ -40,6 +44,7 @@ class SpecKV(SnapKV):
     sparse_prefill: bool = False
     vertical: int = 2048
     slash: int = 2048
+    sparse_kernel: SparseKernel = "flex"
 
     def __post_init__(self) -> None:
         super().__post_init__()
