@@ -12,6 +12,9 @@ CPUs. Work and memory are O(n (V + S)) per head.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
 from functools import cache
 
 import torch
@@ -26,6 +29,17 @@ def compiled_flex_attention():
     """``flex_attention`` compiled once per process; each new padded shape compiles once (inductor's
     cache on disk keeps it for later processes). Dynamic shapes fail to compile on CPU in torch 2.13."""
     return torch.compile(flex_attention, dynamic=False)
+
+
+@cache
+def fused_available(device_type: str) -> bool:
+    """Whether ``torch.compile`` can build the fused kernel on this kind of device: a C++ compiler for
+    CPUs (inductor's, ``$CXX`` or ``g++``), Triton for CUDA."""
+    if device_type == "cuda":
+        return importlib.util.find_spec("triton") is not None
+    if device_type == "cpu":
+        return shutil.which(os.environ.get("CXX") or "g++") is not None
+    return False
 
 
 def _bar(verticals: torch.Tensor, width: int) -> torch.Tensor:

@@ -88,9 +88,9 @@ class MethodOptions:
     )
     sparse_kernel: str | None = option(
         None,
-        "speckv sparse pre-fill: 'flex' (one fused FlexAttention kernel, compiled) or 'reference' "
-        f"(plain PyTorch); default {SpecKV.sparse_kernel}",
-        choices=["flex", "reference"],
+        "speckv sparse pre-fill: 'flex' (one fused FlexAttention kernel, compiled), 'reference' "
+        f"(plain PyTorch), or 'auto' (flex where it compiles); default {SpecKV.sparse_kernel}",
+        choices=["auto", "flex", "reference"],
     )
     vertical: int | None = option(
         None,

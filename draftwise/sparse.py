@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from draftwise.attention import AttentionOverride, attention_rows
-from draftwise.flex_sparse import flex_vertical_slash_attention
+from draftwise.flex_sparse import flex_vertical_slash_attention, fused_available
 from draftwise.methods.base import KVMethod
 from draftwise.scoring import top_indices
 
@@ -108,7 +108,10 @@ class SparsePrefill(AttentionOverride):
             positions = torch.arange(n_keys - observed, n_keys)
             rows = attention_rows(query[:, :, -observed:], key, positions, scaling, softcap)[..., :candidates]
             verticals = top_indices(self.method.score(rows, key[:, :, :candidates]), self.vertical)
-        if self.method.sparse_kernel == "flex":
+        kernel = self.method.sparse_kernel
+        if kernel == "auto":
+            kernel = "flex" if fused_available(query.device.type) else "reference"
+        if kernel == "flex":
             return fused_attention(query, key, value, verticals, self.slash, scaling, softcap), None
         return vertical_slash_attention(query, key, value, verticals, self.slash, scaling, softcap), None
 

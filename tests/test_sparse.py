@@ -12,8 +12,13 @@ import draftwise.prefill
 from draftwise import SpecKV
 from draftwise.cache import prunable_layers
 from draftwise.decoding import decode
+from draftwise.flex_sparse import flex_vertical_slash_attention, fused_available
 from draftwise.prefill import prefill, prefill_sparse
 from draftwise.sparse import SparsePrefill, vertical_slash_attention
+
+needs_compiler = pytest.mark.skipif(
+    not fused_available("cpu"), reason="no C++ compiler: torch.compile cannot build the fused kernel"
+)
 
 
 def dense_reference(query, key, value, visible, scaling, softcap=None):
@@ -260,11 +265,10 @@ def test_the_lookahead_counts_toward_going_sparse(monkeypatch):
         (1, 4, 4, 513, 513, 150, 128, 30.0),  # one past a tile, soft-capped (Gemma 2)
     ],
 )
+@needs_compiler
 def test_the_fused_kernel_is_the_reference(batch, heads, kv_heads, queries, keys, verticals, band, softcap):
     """FlexAttention over [gathered verticals | keys] with the block structure built by hand equals the
     plain implementation (float32 rounding)."""
-    from draftwise.flex_sparse import flex_vertical_slash_attention
-
     generator = torch.Generator().manual_seed(0)
     q = torch.randn(batch, heads, queries, 32, generator=generator)
     k = torch.randn(batch, kv_heads, keys, 32, generator=generator)
@@ -281,6 +285,7 @@ def test_the_fused_kernel_is_the_reference(batch, heads, kv_heads, queries, keys
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@needs_compiler
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_the_fused_sparse_prefill_is_the_reference_one(arch, attn):
@@ -289,7 +294,7 @@ def test_the_fused_sparse_prefill_is_the_reference_one(arch, attn):
     target = tiny_model(arch, attn=attn)
     ids = torch.tensor([random_ids(70)])
     guess = torch.tensor([random_ids(6, seed=3)])
-    method = SpecKV(budget=24, window=8, sparse_prefill=True, vertical=8, slash=16)
+    method = SpecKV(budget=24, window=8, sparse_prefill=True, vertical=8, slash=16, sparse_kernel="flex")
     fused = prefill_sparse(target, ids, method, guess)
     reference = prefill_sparse(target, ids, replace(method, sparse_kernel="reference"), guess)
     torch.testing.assert_close(fused.logits, reference.logits, rtol=1e-4, atol=1e-4)

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from draftwise.methods.base import check_positive
 from draftwise.methods.snapkv import SnapKV
 
-SparseKernel = Literal["flex", "reference"]
+SparseKernel = Literal["auto", "flex", "reference"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class SpecKV(SnapKV):
        approximate even with a budget covering the prompt. ``sparse_kernel``: ``"flex"`` runs it as one
        fused FlexAttention kernel (:mod:`draftwise.flex_sparse`, compiled by ``torch.compile``),
        ``"reference"`` as plain PyTorch (:mod:`draftwise.sparse`); the two agree to float rounding.
+       ``"auto"``: ``"flex"`` where it can be compiled (a C++ compiler for CPUs, Triton for CUDA).
 
     Defaults are the paper's: window 32, kernel 7, max pool, max reduction, vertical = slash = 2048.
     """
@@ -44,7 +45,7 @@ class SpecKV(SnapKV):
     sparse_prefill: bool = False
     vertical: int = 2048
     slash: int = 2048
-    sparse_kernel: SparseKernel = "flex"
+    sparse_kernel: SparseKernel = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
