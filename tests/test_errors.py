@@ -86,7 +86,8 @@ def test_bad_method_parameters(make, message):
 OUT_OF_RANGE = dict(
     budget=0, window=0, kernel=0, pool="nope", reduce="nope", lookahead=-1, caote="yes",
     accept_lookahead="yes",
-    sparse_prefill="yes", vertical=-1, slash=-1, neighbourhood=0, first_layer=-1, weighted_query="yes",
+    sparse_prefill="yes", vertical=-1, slash=-1, sparse_kernel="triton",
+    neighbourhood=0, first_layer=-1, weighted_query="yes",
     kv_budget=0, prompt_budget=0, kv_window=0, prompt_window=0, beta=-1, floor=1.5, sinks=-1, block=0,
     seed=2**64, head=1.5,
 )  # fmt: skip
