@@ -21,20 +21,9 @@ def _colors(plt, count: int) -> list:
 def retained_by_length(records: list[dict]) -> dict[str, dict[int, float]]:
     """Per method label (those answered at every length, Full's excepted), per context length: its mean
     score over Full's, on the samples (task, index) that every such label and Full answered at every
-    length, so each point compares like with like."""
+    length (:func:`common_samples`), so each point compares like with like."""
     lengths = sorted({r["length"] for r in records})
-    labels_at = [{r["label"] for r in records if r["length"] == n} for n in lengths]
-    labels = set.intersection(*labels_at) if labels_at else set()
-    if "full" not in labels:
-        raise ValueError("Full's answers are needed at every length to say what is retained")
-    answered: dict[tuple, set] = defaultdict(set)  # (task, index) -> {(length, label)}
-    for r in records:
-        if r["label"] in labels:
-            answered[r["task"], r["index"]].add((r["length"], r["label"]))
-    everywhere = {(n, label) for n in lengths for label in labels}
-    samples = {key for key, seen in answered.items() if seen >= everywhere}
-    if not samples:
-        raise ValueError("no sample was answered by every method at every length")
+    labels, samples = common_samples(records)
     scores: dict[tuple, list[float]] = defaultdict(list)
     for r in records:
         if r["label"] in labels and (r["task"], r["index"]) in samples:
@@ -48,9 +37,28 @@ def retained_by_length(records: list[dict]) -> dict[str, dict[int, float]]:
     return out
 
 
+def common_samples(records: list[dict]) -> tuple[set[str], set[tuple]]:
+    """The labels answered at every length (Full's among them), and the samples (task, index) every one
+    of them answered at every length."""
+    lengths = sorted({r["length"] for r in records})
+    labels_at = [{r["label"] for r in records if r["length"] == n} for n in lengths]
+    labels = set.intersection(*labels_at) if labels_at else set()
+    if "full" not in labels:
+        raise ValueError("Full's answers are needed at every length to say what is retained")
+    answered: dict[tuple, set] = defaultdict(set)  # (task, index) -> {(length, label)}
+    for r in records:
+        if r["label"] in labels:
+            answered[r["task"], r["index"]].add((r["length"], r["label"]))
+    everywhere = {(n, label) for n in lengths for label in labels}
+    samples = {key for key, seen in answered.items() if seen >= everywhere}
+    if not samples:
+        raise ValueError("no sample was answered by every method at every length")
+    return labels, samples
+
+
 def _plot_retained_vs_length(plt, records: list[dict], out_dir: Path) -> Path:
     curves = retained_by_length(records)
-    samples = len({(r["task"], r["index"]) for r in records if r["label"] == "full"})
+    samples = len(common_samples(records)[1])
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=150)
     colors = _colors(plt, len(curves))
     for i, (label, points) in enumerate(curves.items()):
@@ -68,7 +76,7 @@ def _plot_retained_vs_length(plt, records: list[dict], out_dir: Path) -> Path:
     ax.set_xticks(sorted({n for points in curves.values() for n in points}))
     ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda n, _: f"{n / 1024:g}k"))
     ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel(f"RULER accuracy retained vs Full (samples: up to {samples})")
+    ax.set_ylabel(f"RULER accuracy retained vs Full ({samples} samples per length)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
