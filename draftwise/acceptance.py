@@ -70,3 +70,20 @@ def accept(
             continue
         return Verdict(proposed[:i], sampler.draw(residual / residual.sum()))
     return Verdict(proposed)
+
+
+def verified_tokens(
+    logits: torch.Tensor,
+    proposed: list[int],
+    sampler: Sampler,
+    proposal_probabilities: torch.Tensor | None = None,
+) -> list[int]:
+    """The tokens one verification of ``proposed`` yields (:func:`accept`, same arguments): the accepted
+    prefix, then one token of the target's own: the rejection's replacement, or drawn from its logits
+    after the accepted tokens."""
+    verdict = accept(logits, proposed, sampler, proposal_probabilities)
+    following = verdict.next_token
+    if following is None:
+        taken = len(verdict.accepted)
+        following = int(sampler(logits[taken : taken + 1])[0])
+    return [*verdict.accepted, following]

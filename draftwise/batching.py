@@ -24,13 +24,13 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from draftwise.acceptance import accept
+from draftwise.acceptance import verified_tokens
 from draftwise.cache import LayerMasks, head_masks
 from draftwise.chunk_attention import ChunkAttention, placeholder_mask
 from draftwise.decoding import Sampler, ending
 from draftwise.headmask import HeadMaskedAttention
 from draftwise.prefill import Prefill
-from draftwise.speculative import Drafter, PromptLookup, SpeculativeStats
+from draftwise.speculative import Drafter, PromptLookup, SpeculativeStats, proposals
 
 Proposer = Drafter | PromptLookup
 
@@ -243,14 +243,10 @@ class Row:
 
     def propose(self) -> tuple[list[int], torch.Tensor | None]:
         """The proposer's next tokens for this row (none without one), leaving room for the target's."""
-        most = (
-            0
-            if self.proposer is None
-            else min(self.proposer.config.k, self.max_new_tokens - len(self.tokens) - 1)
-        )
-        if most <= 0:
+        if self.proposer is None:
             return [], None
-        proposed, distributions = self.proposer.propose(self.tokens, most, self.stop_ids)
+        room = self.max_new_tokens - len(self.tokens)
+        proposed, distributions = proposals(self.proposer, self.tokens, room, self.stop_ids)
         self.drafting.rounds += 1
         self.drafting.drafted += len(proposed)
         return proposed, distributions
@@ -296,9 +292,9 @@ class BatchDecoder:
         (speculative decoding); returns the rows that finished (and left the batch)."""
         if not self.rows:
             return []
-        proposals = [row.propose() for row in self.rows]
-        speculating = any(proposed for proposed, _ in proposals)
-        finished = self._verify(proposals) if speculating else self._decode()
+        offers = [row.propose() for row in self.rows]
+        speculating = any(proposed for proposed, _ in offers)
+        finished = self._verify(offers) if speculating else self._decode()
         if finished:
             self._leave(finished)
         return finished
@@ -327,16 +323,14 @@ class BatchDecoder:
         chosen = [int(row.sampler(logits[i : i + 1])[0]) for i, row in enumerate(self.rows)]
         return [row for row, token in zip(self.rows, chosen, strict=True) if row.take(token)]
 
-    def _verify(self, proposals: list[tuple[list[int], torch.Tensor | None]]) -> list[Row]:
+    def _verify(self, offers: list[tuple[list[int], torch.Tensor | None]]) -> list[Row]:
         """Every row reads its last token and its proposals in one forward (rows with fewer are padded
         on the right: the causal chunk mask keeps the padding out of their logits), keeps the prefix its
         target accepts plus one token of its own, and drops the rest of the chunk from the cache:
         rows accept different counts and stay right-aligned (:meth:`BatchLayer.drop_last`)."""
         model, device = self.model, self.model.device
-        width = 1 + max(len(proposed) for proposed, _ in proposals)
-        chunks = [
-            [row.tokens[-1], *proposed] for row, (proposed, _) in zip(self.rows, proposals, strict=True)
-        ]
+        width = 1 + max(len(proposed) for proposed, _ in offers)
+        chunks = [[row.tokens[-1], *proposed] for row, (proposed, _) in zip(self.rows, offers, strict=True)]
         tokens = torch.tensor([chunk + chunk[-1:] * (width - len(chunk)) for chunk in chunks], device=device)
         start = torch.tensor([[row.position - 1] for row in self.rows], device=device)
         sliding = [layer for layer in self.cache.layers if isinstance(layer, BatchSlidingLayer)]
@@ -351,23 +345,20 @@ class BatchDecoder:
                 use_cache=True,
                 logits_to_keep=width,
             )
-        verdicts = []
-        for i, (row, (proposed, distributions)) in enumerate(zip(self.rows, proposals, strict=True)):
-            verdict = accept(out.logits[i, : len(proposed) + 1], proposed, row.sampler, distributions)
-            taken = len(verdict.accepted)
-            if verdict.next_token is None:
-                verdict.next_token = int(row.sampler(out.logits[i, taken : taken + 1])[0])
-            row.drafting.accepted += taken
-            verdicts.append(verdict)
+        taken = []  # per row: its accepted proposals, then the target's own token
+        for i, (row, (proposed, distributions)) in enumerate(zip(self.rows, offers, strict=True)):
+            logits = out.logits[i, : len(proposed) + 1]
+            taken.append(verified_tokens(logits, proposed, row.sampler, distributions))
+            row.drafting.accepted += len(taken[-1]) - 1
         # each row keeps its last token and the accepted proposals; its rejected ones and padding go
-        drops = torch.tensor([width - 1 - len(v.accepted) for v in verdicts], device=device)
+        drops = torch.tensor([width - len(tokens) for tokens in taken], device=device)
         for layer in self.cache.layers:
             layer.drop_last(drops)
-        finished = []
-        for row, verdict in zip(self.rows, verdicts, strict=True):
-            if any(row.take(token) for token in [*verdict.accepted, verdict.next_token]):
-                finished.append(row)
-        return finished
+        return [
+            row
+            for row, tokens in zip(self.rows, taken, strict=True)
+            if any(row.take(token) for token in tokens)
+        ]
 
     def remove(self, row: Row) -> None:
         """Take ``row`` out of the batch now (a client went away)."""

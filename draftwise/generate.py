@@ -191,8 +191,7 @@ def generate(
             )  # fmt: skip
         decode_seconds = now() - decode_start
     token_ids = answer.tokens
-    stats = ready.stats(plan, len(token_ids), time_to_first_token, decode_seconds, accepted)
-    stats.speculative_drafted, stats.speculative_accepted = drafting.drafted, drafting.accepted
+    stats = ready.stats(plan, len(token_ids), time_to_first_token, decode_seconds, accepted, drafting)
     text = tokenizer.decode(token_ids, skip_special_tokens=True)
     return GenerationResult(text=text, token_ids=token_ids, stats=stats)
 
@@ -310,7 +309,11 @@ class Compressed:
         time_to_first_token: float,
         decode_seconds: float,
         lookahead_accepted: int,
+        drafting: SpeculativeStats | None = None,
     ) -> GenerationStats:
+        """The stats of a generation that decoded ``new_tokens`` from this, ``drafting`` its speculative
+        decoding's tally (``None``: none)."""
+        drafting = drafting or SpeculativeStats()
         return GenerationStats(
             method=plan.method.name,
             prompt_tokens=plan.prompt_length,
@@ -326,6 +329,8 @@ class Compressed:
             decode_seconds=decode_seconds,
             time_to_first_token=time_to_first_token,
             total_seconds=time_to_first_token + decode_seconds,
+            speculative_drafted=drafting.drafted,
+            speculative_accepted=drafting.accepted,
         )
 
 
@@ -486,10 +491,8 @@ def generate_batch(
         def finish(row: Row) -> None:
             index, ready, text, first = running.pop(id(row))
             text.finish()
-            stats = ready.stats(plans[index], len(row.tokens), first - start, now() - first, row.accepted)
-            stats.speculative_drafted, stats.speculative_accepted = (
-                row.drafting.drafted,
-                row.drafting.accepted,
+            stats = ready.stats(
+                plans[index], len(row.tokens), first - start, now() - first, row.accepted, row.drafting
             )
             results[index] = GenerationResult(text=text.text, token_ids=row.tokens, stats=stats)
             bar.update(1)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from draftwise.acceptance import accept
+from draftwise.acceptance import verified_tokens
 from draftwise.cache import tentative
 from draftwise.checks import check_architecture, check_context, check_method, check_same_vocabulary
 from draftwise.chunk_attention import ChunkAttention, placeholder_mask
@@ -203,6 +203,16 @@ class PromptLookup:
         return [], None
 
 
+def proposals(
+    proposer: Drafter | PromptLookup, answer: list[int], room: int, stop_ids: Iterable[int] = ()
+) -> tuple[list[int], torch.Tensor | None]:
+    """Up to ``k`` of ``proposer``'s tokens after ``answer`` (and their distributions, when sampled),
+    leaving one of the ``room`` the answer has left for the token each verification adds of the
+    target's own; none when no room is left for them."""
+    most = min(proposer.config.k, room - 1)
+    return proposer.propose(answer, most, stop_ids) if most > 0 else ([], None)
+
+
 @torch.no_grad()
 def speculative_decode(
     target: nn.Module,
@@ -229,10 +239,7 @@ def speculative_decode(
         return
     verifying = ChunkAttention(target, cache)  # entered per round: the draft reads between (no nesting)
     while True:
-        most = min(drafter.config.k, answer.room - 1)  # the verify adds one token of the target's
-        proposed, distributions = [], None
-        if most > 0:
-            proposed, distributions = drafter.propose(answer.tokens, most, answer.stop_ids)
+        proposed, distributions = proposals(drafter, answer.tokens, answer.room, answer.stop_ids)
         chunk = [token, *proposed]
         with verifying, tentative(cache, len(proposed)) as trial:
             out = target(
@@ -243,18 +250,14 @@ def speculative_decode(
                 use_cache=True,
                 logits_to_keep=len(chunk),
             )
-            logits = out.logits[0]
-            verdict = accept(logits, proposed, sampler, distributions)
-            taken = len(verdict.accepted)
+            tokens = verified_tokens(out.logits[0], proposed, sampler, distributions)
+            taken = len(tokens) - 1
             trial.tokens = len(proposed) - taken
         stats.rounds += 1
         stats.drafted += len(proposed)
         stats.accepted += taken
         position += 1 + taken
-        following = verdict.next_token
-        if following is None:
-            following = int(sampler(logits[taken : taken + 1])[0])
-        for token in [*verdict.accepted, following]:
+        for token in tokens:
             if answer.take(token):
                 return
 

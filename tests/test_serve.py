@@ -378,13 +378,14 @@ def test_concurrent_generations_answer_as_they_would_alone(models):
     with running(app) as base:
         alone = [ask(base, i) for i in range(len(options))]
     app = create_app(target, draft, tokenizer, model_name=MODEL, defaults={"method": "full"}, max_batch=4)
-    rows: list[int] = []  # the rows of each one-token step of the target
-    handle = target.register_forward_pre_hook(_note_decode_rows(rows), with_kwargs=True)
+    shapes: list[tuple[int, int]] = []  # (rows, tokens a row) of each forward of the target
+    handle = target.register_forward_pre_hook(_note_shapes(shapes), with_kwargs=True)
     try:
         with running(app) as base, ThreadPoolExecutor(len(options)) as pool:
             together = list(pool.map(lambda i: ask(base, i), range(len(options))))
     finally:
         handle.remove()
+    rows = [rows for rows, width in shapes if width == 1]  # the rows of each one-token step
     assert together == alone
     assert max(rows) > 1, "the requests decoded one after another, not together"
     assert max(rows) <= 4
@@ -440,16 +441,6 @@ def _note_shapes(shapes: list[tuple[int, int]]):
     return note
 
 
-def _note_decode_rows(rows: list[int]):
-    def note(module, args, kwargs):
-        ids = kwargs.get("input_ids")
-        if ids is not None and ids.shape[1] == 1:
-            rows.append(ids.shape[0])
-        time.sleep(0.002)  # let requests arriving meanwhile join
-
-    return note
-
-
 def test_kv_cache_memory_admits_more_compressed_requests_than_full_ones(models):
     """Under one --kv-cache-memory, Full requests decode two at a time and SnapKV@24 ones (a quarter of
     the positions) all six together; a request that alone needs more than the limit gets 400."""
@@ -458,8 +449,8 @@ def test_kv_cache_memory_admits_more_compressed_requests_than_full_ones(models):
     full_row = kv_cache_bytes(target, 92 + 8)
     settings = dict(model_name=MODEL, defaults={"method": "full"}, max_batch=8, kv_cache_memory=2 * full_row)
     for method, most in (({"method": "full"}, 2), ({"method": "snapkv", "budget": 24, "window": 8}, 6)):
-        rows: list[int] = []
-        handle = target.register_forward_pre_hook(_note_decode_rows(rows), with_kwargs=True)
+        shapes: list[tuple[int, int]] = []
+        handle = target.register_forward_pre_hook(_note_shapes(shapes), with_kwargs=True)
         body = {"model": MODEL, "prompt": prompt, "max_tokens": 8, "draftwise": method}
         app = create_app(target, draft, tokenizer, **settings)
         try:
@@ -470,6 +461,7 @@ def test_kv_cache_memory_admits_more_compressed_requests_than_full_ones(models):
         finally:
             handle.remove()
         assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+        rows = [rows for rows, width in shapes if width == 1]  # the rows of each one-token step
         assert max(rows) == most, (method, rows)
     tight = dict(settings, kv_cache_memory=full_row - 1)
     with running(create_app(target, draft, tokenizer, **tight)) as base:

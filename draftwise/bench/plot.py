@@ -56,6 +56,16 @@ def common_samples(records: list[dict]) -> tuple[set[str], set[tuple]]:
     return labels, samples
 
 
+def _save_line_plot(plt, fig, ax, path: Path) -> Path:
+    """A line plot finished as every one here is (grid, legend beside it), written to ``path``."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _plot_retained_vs_length(plt, records: list[dict], out_dir: Path) -> Path:
     curves = retained_by_length(records)
     samples = len(common_samples(records)[1])
@@ -77,13 +87,7 @@ def _plot_retained_vs_length(plt, records: list[dict], out_dir: Path) -> Path:
     ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda n, _: f"{n / 1024:g}k"))
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel(f"RULER accuracy retained vs Full ({samples} samples per length)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
-    path = out_dir / "retained_vs_length.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_line_plot(plt, fig, ax, out_dir / "retained_vs_length.png")
 
 
 def plot_results(results: str | Path | list[str | Path], out_dir: str | Path) -> list[Path]:
@@ -141,12 +145,7 @@ def plot_results(results: str | Path | list[str | Path], out_dir: str | Path) ->
     ax.set_xscale("log", base=2)
     ax.set_xlabel("budget (KV pairs per head, or prompt tokens)")
     ax.set_ylabel(f"RULER accuracy (%), {len(common)} tasks")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
-    first = out_dir / "accuracy_vs_budget.png"
-    fig.savefig(first)
-    plt.close(fig)
+    first = _save_line_plot(plt, fig, ax, out_dir / "accuracy_vs_budget.png")
 
     tasks, labels = summary["tasks"], summary["labels"]
     fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(tasks) + 2), 5.0), dpi=150)

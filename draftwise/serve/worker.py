@@ -313,12 +313,9 @@ class Engine:
             reason = "stop" if generation.text.stopped or ended else "length"
             first = generation.first_token or now()
             stats = generation.ready.stats(
-                generation.plan, len(row.tokens), first - generation.started, now() - first, row.accepted
-            )
-            stats.speculative_drafted, stats.speculative_accepted = (
-                row.drafting.drafted,
-                row.drafting.accepted,
-            )
+                generation.plan, len(row.tokens), first - generation.started, now() - first, row.accepted,
+                row.drafting,
+            )  # fmt: skip
             generation.emit(Finished(reason, len(row.tokens), stats))
         finally:
             generation.done()
