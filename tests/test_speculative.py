@@ -48,17 +48,20 @@ def test_greedy_answers_are_those_without_the_draft(arch, attn, tokenizer):
     target = tiny_model(arch, seed=0, attn=attn)
     draft = tiny_model(arch, seed=1, attn=attn, layers=2)
     ids = random_ids(N)
+    drafted = accepted = 0  # by the other draft, over every method
     for method in [Full(), *every_method(24)]:
         plain = answer(target, draft, tokenizer, ids, method)
         out = answer(target, draft, tokenizer, ids, method, CONFIGS[1])  # the draft's cache compressed too
         assert out.token_ids == plain.token_ids, method
         assert out.stats.speculative_drafted > 0
+        drafted, accepted = drafted + out.stats.speculative_drafted, accepted + out.stats.speculative_accepted
         own = answer(target, target, tokenizer, ids, method, CONFIGS[0])
         if method.needs_draft:  # the target was SpecKV's or SpecPC's draft, too
             plain = answer(target, target, tokenizer, ids, method)
         assert own.token_ids == plain.token_ids, method
         if isinstance(method, Full):  # the draft's state is the target's: every proposal is its own
             assert own.stats.speculative_accepted == own.stats.speculative_drafted > 0
+    assert accepted < drafted, "a random draft's proposals are not all the target's"
 
 
 def test_a_self_draft_sharing_the_targets_layers(tokenizer):
@@ -83,6 +86,10 @@ def test_token_limits_and_stops_inside_a_round(limit, tokenizer):
     plain = generate(target, None, tokenizer, ids, max_new_tokens=limit)
     out = generate(target, target, tokenizer, ids, max_new_tokens=limit, speculative=config)
     assert out.token_ids == plain.token_ids and len(out.token_ids) <= limit
+    # every proposal is accepted (a full cache proposing to itself), and each round's verification
+    # adds one token of its own: no proposal is drafted that the answer has no room to keep
+    drafted = out.stats.speculative_drafted
+    assert out.stats.speculative_accepted == drafted and drafted == max(0, limit - 2)
     stop = plain.token_ids[2] if limit > 2 else None
     if stop is not None:
         target.generation_config.eos_token_id = stop
