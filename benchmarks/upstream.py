@@ -138,8 +138,13 @@ def main() -> None:
     )
     parser.add_argument("--engine", choices=["vllm", "llamacpp"], default="vllm")
     parser.add_argument("--engine-python", help="default: .venv-vllm's or .venv-llamacpp's python")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192])
+    parser.add_argument(
+        "--lengths", type=int, nargs="*", default=[4096, 8192], help="needle lengths (none: RULER only)"
+    )
     parser.add_argument("--budget", type=int, default=1024, help="SpecPC prompt tokens kept by the front")
+    parser.add_argument(
+        "--draft", default=DEFAULT_DRAFT, help="the front's draft (any tokenizer: it reads text)"
+    )
     parser.add_argument("--tasks", default="niah_single_2,niah_multikey_1,niah_multivalue,vt,cwe,qa_1")
     parser.add_argument("--samples", type=int, default=3)
     parser.add_argument("--ruler-length", type=int, default=4096)
@@ -147,9 +152,15 @@ def main() -> None:
     parser.add_argument("--kv-cache-gib", type=float, default=2, help="vLLM's KV cache space")
     parser.add_argument("--max-tokens", type=int, default=32, help="needle answers; RULER: its task's own")
     parser.add_argument("--in-process", action="store_true", help="also SpecPC in this process (positions)")
+    parser.add_argument(
+        "--sparse-sizes", type=int, nargs="*", default=[],
+        help="also a front whose draft reads the prompt sparsely, vertical = slash = each size",
+    )  # fmt: skip
     parser.add_argument("--logs", default="out/upstream")
     parser.add_argument("--out", help="write a Markdown report here (and its raw measurements as JSON)")
     args = parser.parse_args()
+    if args.in_process and args.draft != DEFAULT_DRAFT:
+        parser.error("--in-process runs the default draft, which shares the target's tokenizer")
     venv = ".venv-vllm" if args.engine == "vllm" else ".venv-llamacpp"
     args.engine_python = args.engine_python or str(ROOT / venv / "bin" / "python")
     engine_name = "vLLM" if args.engine == "vllm" else "llama.cpp"
@@ -162,20 +173,30 @@ def main() -> None:
     front_url = f"http://127.0.0.1:{front_port}/v1"
     context = min(32768, max([*args.lengths, args.ruler_length]) + 1024)
     engine, engine_env, module = engine_command(args, engine_port, context)
-    front = [
-        str(ROOT / ".venv" / "bin" / "draftwise"), "serve", "--draft", DEFAULT_DRAFT,
-        "--upstream", engine_url,
-        "--port", str(front_port), "--budget", str(args.budget), "--upstream-timeout", "1800",
-        "--max-new-tokens-limit", "1024", "--log-level", "warning",
-    ]  # fmt: skip
+
+    def front_command(port: int, *options: str) -> list[str]:
+        return [
+            str(ROOT / ".venv" / "bin" / "draftwise"), "serve", "--draft", args.draft,
+            "--upstream", engine_url,
+            "--port", str(port), "--budget", str(args.budget), "--upstream-timeout", "1800",
+            "--max-new-tokens-limit", "1024", "--log-level", "warning", *options,
+        ]  # fmt: skip
+
+    front = front_command(front_port)
     front_name = f"draftwise SpecPC@{args.budget} -> {engine_name}"
-    rows, ruler_rows = [], []
+    sparse_fronts = {}  # name: (command, url)
+    for size in args.sparse_sizes:
+        port = free_port()
+        options = ("--sparse-prefill", "--vertical", str(size), "--slash", str(size))
+        name = f"draftwise SpecPC@{args.budget}, sparse draft V=S={size} -> {engine_name}"
+        sparse_fronts[name] = (front_command(port, *options), f"http://127.0.0.1:{port}/v1")
+    rows, ruler_rows, compiled = [], [], []
     local = None
     if args.in_process:
         from draftwise.models import load_model
 
         target, _ = load_model(DEFAULT_TARGET)
-        draft, _ = load_model(DEFAULT_DRAFT)
+        draft, _ = load_model(args.draft)
         local = (target, draft)
     with ExitStack() as stack:
         print(f"starting {engine_name} and draftwise ...", file=sys.stderr, flush=True)
@@ -183,6 +204,8 @@ def main() -> None:
         start(engine, logs / f"{args.engine}.log", engine_url, stack, env=engine_env)
         startup = time.perf_counter() - started
         start(front, logs / "draftwise.log", front_url, stack)
+        for i, (command, url) in enumerate(sparse_fronts.values()):
+            start(command, logs / f"draftwise-sparse-{i}.log", url, stack)
         version = subprocess.run(
             [args.engine_python, "-c", f"import {module}; print({module}.__version__)"],
             capture_output=True, text=True, check=True,
@@ -191,6 +214,8 @@ def main() -> None:
             engine_name: OpenAI(base_url=engine_url, api_key="unused", timeout=3600, max_retries=0),
             front_name: OpenAI(base_url=front_url, api_key="unused", timeout=3600, max_retries=0),
         }
+        for name, (_, url) in sparse_fronts.items():
+            paths[name] = OpenAI(base_url=url, api_key="unused", timeout=3600, max_retries=0)
         engine_client = paths[engine_name]
 
         def reset() -> None:
@@ -204,12 +229,16 @@ def main() -> None:
         for length in args.lengths:
             case = needle_case(tokenizer, context_tokens=length, seed=length)
             prompt_tokens = encode(tokenizer, case.messages).shape[1]
+            for name in sparse_fronts:  # compile the fused kernel for this length (another needle)
+                print(f"[{length}] {name}: compiling ...", file=sys.stderr, flush=True)
+                other = needle_case(tokenizer, context_tokens=length, seed=length + 1)
+                compiled.append((prompt_tokens, name, timed_chat(paths[name], other.messages, 4)["ttft"]))
             for name, client in paths.items():
                 print(f"[{length}] {name} ...", file=sys.stderr, flush=True)
                 reset()
                 result = timed_chat(client, case.messages, args.max_tokens)
                 rows.append((prompt_tokens, name, result, case.answer in result["text"]))
-        for task in args.tasks.split(","):
+        for task in args.tasks.split(",") if args.samples > 0 else []:
             new = ruler.TASKS[task].max_new_tokens
             for sample in ruler.load_or_generate(task, tokenizer, args.ruler_length, args.samples):
                 text = rendered(tokenizer, sample)
@@ -225,7 +254,7 @@ def main() -> None:
                         ruler_rows.append(
                             dict(task=task, index=sample.index, path=name, score=score, **result)
                         )
-    report(args, rows, ruler_rows, [engine_name, front_name], version, context, startup)
+    report(args, rows, ruler_rows, [engine_name, front_name], version, context, startup, compiled)
 
 
 def in_process(models, tokenizer, text: str, new: int, budget: int) -> dict[str, dict]:
@@ -253,11 +282,12 @@ def in_process(models, tokenizer, text: str, new: int, budget: int) -> dict[str,
     return out
 
 
-def report(args, rows, ruler_rows, names, version, context, startup) -> None:
+def report(args, rows, ruler_rows, names, version, context, startup, compiled) -> None:
     """The Markdown tables (printed, and written with the raw measurements under ``args.out``)."""
     if args.out:
         raw = {"needle": [dict(prompt_tokens=n, path=name, found=found, **r) for n, name, r, found in rows]}
         raw["ruler"] = ruler_rows
+        raw["compiling"] = [dict(prompt_tokens=n, path=name, ttft=ttft) for n, name, ttft in compiled]
         Path(args.out).with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
     base = {n: r for n, name, r, _ in rows if name == names[0]}
     lines = [
@@ -269,6 +299,14 @@ def report(args, rows, ruler_rows, names, version, context, startup) -> None:
             f"| {n} | {name} | {r['ttft']:.1f} | {r['total']:.1f} | {r['ttft'] / base[n]['ttft']:.2f} "
             f"| {r['total'] / base[n]['total']:.2f} | {'yes' if found else 'no'} |"
         )
+    if compiled:
+        lines += [
+            "",
+            "A sparse front's first request of a length compiles the fused kernel for it; its time to",
+            "first token then (another needle, before the row above, which does not include it):",
+            "",
+        ]
+        lines += [f"- {n} tokens, {name}: {ttft:.1f} s" for n, name, ttft in compiled]
     timing = "\n".join(lines)
     tasks = args.tasks.split(",")
     paths = list(dict.fromkeys(r["path"] for r in ruler_rows))
@@ -305,13 +343,28 @@ def report(args, rows, ruler_rows, names, version, context, startup) -> None:
     Path(args.out).write_text(
         f"# SpecPC in front of {names[0]}\n\n"
         f"- Command: `{command}`\n"
-        f"- Engine: {engine}. Front: `draftwise serve --upstream` with the draft {DEFAULT_DRAFT} (bf16, "
-        f"PyTorch), SpecPC keeping {args.budget} prompt tokens. Greedy.\n"
+        f"- Engine: {engine}. Front: `draftwise serve --upstream` with the draft {args.draft} (bf16, "
+        f"PyTorch), SpecPC keeping {args.budget} prompt tokens"
+        + "".join(
+            f"; a second front whose draft reads the prompt sparsely (`--sparse-prefill --vertical {size} "
+            f"--slash {size}`, the fused kernel)"
+            for size in args.sparse_sizes
+        )
+        + ". Greedy.\n"
         f"- Machine: {platform.machine()}, {os.cpu_count()} cores; both servers on one machine, one "
         "request at a time, so the front's draft and the engine never overlap.\n\n"
-        f"## Needle in a haystack (chat API, streamed, at most {args.max_tokens} new tokens)\n\n{timing}\n\n"
-        f"## RULER at {args.ruler_length} ({args.samples} samples per task; `/v1/completions` with the "
-        f"rendered prompt and RULER's answer prefix; each task's own token limit)\n\n{accuracy}\n"
+        + (
+            f"## Needle in a haystack (chat API, streamed, at most {args.max_tokens} new tokens)\n\n"
+            f"{timing}\n\n"
+            if rows
+            else ""
+        )
+        + (
+            f"## RULER at {args.ruler_length} ({args.samples} samples per task; `/v1/completions` with "
+            f"the rendered prompt and RULER's answer prefix; each task's own token limit)\n\n{accuracy}\n"
+            if ruler_rows
+            else ""
+        )
     )
 
 

@@ -84,22 +84,24 @@ class MethodOptions:
         type=int,
     )
     sparse_prefill: bool | None = option(
-        None, "speckv: sparse (vertical-slash) pre-fill", action="store_true"
+        None,
+        "speckv: the target's pre-fill, specpc: the draft's, sparse (vertical-slash; approximate)",
+        action="store_true",
     )
     sparse_kernel: str | None = option(
         None,
-        "speckv sparse pre-fill: 'flex' (one fused FlexAttention kernel, compiled), 'reference' "
+        "sparse pre-fill: 'flex' (one fused FlexAttention kernel, compiled), 'reference' "
         f"(plain PyTorch), or 'auto' (flex where it compiles); default {SpecKV.sparse_kernel}",
         choices=["auto", "flex", "reference"],
     )
     vertical: int | None = option(
         None,
-        f"speckv sparse pre-fill: keys every query sees (default {SpecKV.vertical})",
+        f"sparse pre-fill: keys every query sees (default {SpecKV.vertical})",
         type=int,
     )
     slash: int | None = option(
         None,
-        f"speckv sparse pre-fill: local band of recent keys (default {SpecKV.slash})",
+        f"sparse pre-fill: local band of recent keys (default {SpecKV.slash})",
         type=int,
     )
 

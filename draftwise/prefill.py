@@ -165,7 +165,7 @@ def prefill_sparse(
     with (
         sliding_layers_drop(cache, steps) as drop,  # the sliding layers end holding the prompt alone
         QueryRecorder(target, last=observed) as recorder,
-        SparsePrefill(target, method, observed, method.vertical, method.slash),
+        SparsePrefill(target, method, method.score, observed),
     ):
         out = target(input_ids=sequence, past_key_values=cache, use_cache=True, logits_to_keep=keep)
         logits = out.logits[:, -1]

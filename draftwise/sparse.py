@@ -10,15 +10,22 @@ layer scores its keys with the observation queries (the window and the lookahead
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from draftwise.attention import AttentionOverride, attention_rows
 from draftwise.flex_sparse import flex_vertical_slash_attention, fused_available
-from draftwise.methods.base import KVMethod
 from draftwise.scoring import top_indices
 
+if TYPE_CHECKING:  # the methods import this module
+    from draftwise.methods.base import SparsePrefilling
+
 SPARSE_ATTENTION = "draftwise_vertical_slash"
+
+Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def vertical_slash_attention(
@@ -82,16 +89,17 @@ def vertical_slash_attention(
 class SparsePrefill(AttentionOverride):
     """While active, ``model``'s attention runs :func:`vertical_slash_attention`.
 
-    Full-attention layers take ``vertical`` verticals ranked by ``method.score`` over the attention of
-    the pass's last ``observed`` queries, and a band of ``slash`` keys; sliding-window layers keep
-    their own window as the band, with no verticals (exactly their usual attention).
+    Full-attention layers take ``settings.vertical`` verticals ranked by ``score`` (attention rows
+    ``[B, G, H/G, q, k]`` and keys ``[B, G, k, d]`` to scores ``[B, G, k]``) over the attention of the
+    pass's last ``observed`` queries, and a band of ``settings.slash`` keys; sliding-window layers
+    keep their own window as the band, with no verticals (exactly their usual attention).
     """
 
     implementation = SPARSE_ATTENTION
 
-    def __init__(self, model: nn.Module, method: KVMethod, observed: int, vertical: int, slash: int) -> None:
+    def __init__(self, model: nn.Module, settings: SparsePrefilling, score: Scorer, observed: int) -> None:
         super().__init__(model)
-        self.method, self.observed, self.vertical, self.slash = method, observed, vertical, slash
+        self.settings, self.score, self.observed = settings, score, observed
 
     def attention(
         self, module, query, key, value, attention_mask, scaling=None, sliding_window=None, **kwargs
@@ -104,16 +112,17 @@ class SparsePrefill(AttentionOverride):
         observed = min(self.observed, query.shape[2])
         candidates = n_keys - observed
         verticals = None
-        if candidates > 0 and self.vertical > 0:
+        if candidates > 0 and self.settings.vertical > 0:
             positions = torch.arange(n_keys - observed, n_keys)
             rows = attention_rows(query[:, :, -observed:], key, positions, scaling, softcap)[..., :candidates]
-            verticals = top_indices(self.method.score(rows, key[:, :, :candidates]), self.vertical)
-        kernel = self.method.sparse_kernel
+            verticals = top_indices(self.score(rows, key[:, :, :candidates]), self.settings.vertical)
+        kernel = self.settings.sparse_kernel
         if kernel == "auto":
             kernel = "flex" if fused_available(query.device.type) else "reference"
+        band = self.settings.slash
         if kernel == "flex":
-            return fused_attention(query, key, value, verticals, self.slash, scaling, softcap), None
-        return vertical_slash_attention(query, key, value, verticals, self.slash, scaling, softcap), None
+            return fused_attention(query, key, value, verticals, band, scaling, softcap), None
+        return vertical_slash_attention(query, key, value, verticals, band, scaling, softcap), None
 
 
 def fused_attention(query, key, value, verticals, band, scaling, softcap):

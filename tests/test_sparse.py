@@ -9,11 +9,14 @@ import torch
 from helpers import ARCHITECTURES, random_ids, tiny_model
 
 import draftwise.prefill
-from draftwise import SpecKV
+from draftwise import SpecKV, SpecPC
 from draftwise.cache import prunable_layers
 from draftwise.decoding import decode
 from draftwise.flex_sparse import flex_vertical_slash_attention, fused_available
+from draftwise.methods.base import SparsePrefilling
+from draftwise.methods.specpc import _strongest
 from draftwise.prefill import prefill, prefill_sparse
+from draftwise.scoring import top_indices
 from draftwise.sparse import SparsePrefill, vertical_slash_attention
 
 needs_compiler = pytest.mark.skipif(
@@ -93,6 +96,13 @@ def test_vertical_slash_with_everything_visible_is_dense_causal_attention():
     torch.testing.assert_close(vertical_slash_attention(q, k, v, None, 40, 0.35), expected)
 
 
+def sparse_pass(method: SpecKV, observed: int, vertical: int, slash: int) -> SparsePrefill:
+    """A sparse pass of ``vertical`` verticals chosen by ``method``'s scorer and a band of ``slash``,
+    called directly (no model)."""
+    settings = SparsePrefilling(vertical=vertical, slash=slash, sparse_kernel=method.sparse_kernel)
+    return SparsePrefill(torch.nn.Linear(1, 1), settings, method.score, observed)
+
+
 class Capped(torch.nn.Module):
     """Stands for an attention module with Gemma 2's logit soft-capping."""
 
@@ -106,9 +116,7 @@ def test_the_sparse_pass_uses_the_modules_scaling_and_soft_capping(scaling, slid
     a full layer's sparse attention is dense causal attention under the layer's own scaling (head size
     ** -0.5 when it gives none) and soft-capping; so is a sliding layer's, with a window as long."""
     q, k, v = random_qkv(length=20, keys=20)
-    sparse = SparsePrefill(
-        torch.nn.Linear(1, 1), SpecKV(budget=8, window=4), observed=4, vertical=16, slash=4
-    )
+    sparse = sparse_pass(SpecKV(budget=8, window=4), observed=4, vertical=16, slash=4)
     got, _ = sparse.attention(Capped(), q, k, v, None, scaling=scaling, sliding_window=sliding_window)
     causal = torch.ones(20, 20, dtype=torch.bool).tril()[None, None].repeat(1, 2, 1, 1)
     expected = dense_reference(q, k, v, causal, 0.7 if scaling else 8**-0.5, softcap=2.0)
@@ -118,7 +126,7 @@ def test_the_sparse_pass_uses_the_modules_scaling_and_soft_capping(scaling, slid
 def test_a_single_candidate_key_is_a_vertical():
     """Five keys, four observed queries: the one key before them is the vertical every query sees."""
     q, k, v = random_qkv(length=5, keys=5)
-    sparse = SparsePrefill(torch.nn.Linear(1, 1), SpecKV(budget=8, window=4), observed=4, vertical=1, slash=1)
+    sparse = sparse_pass(SpecKV(budget=8, window=4), observed=4, vertical=1, slash=1)
     got, _ = sparse.attention(torch.nn.Module(), q, k, v, None, scaling=0.5)
     visible = (torch.eye(5, dtype=torch.bool) | (torch.arange(5)[None, :] == 0))[None, None].repeat(
         1, 2, 1, 1
@@ -130,9 +138,7 @@ def test_a_single_candidate_key_is_a_vertical():
 def test_without_candidates_or_verticals_a_query_sees_only_its_band(length, vertical):
     """No key before the four observed queries, or no vertical asked for: the band alone."""
     q, k, v = random_qkv(length=length, keys=length)
-    sparse = SparsePrefill(
-        torch.nn.Linear(1, 1), SpecKV(budget=8, window=4), observed=4, vertical=vertical, slash=2
-    )
+    sparse = sparse_pass(SpecKV(budget=8, window=4), observed=4, vertical=vertical, slash=2)
     got, _ = sparse.attention(torch.nn.Module(), q, k, v, None, scaling=0.5)
     visible = vertical_slash_mask(length, length, torch.zeros(1, 2, 0, dtype=torch.long), 2)
     torch.testing.assert_close(got, dense_reference(q, k, v, visible, 0.5), rtol=1e-5, atol=1e-6)
@@ -145,9 +151,7 @@ def test_the_verticals_are_chosen_before_all_observed_queries():
     pull = q[:, :, -12:].mean(dim=2).reshape(1, 2, 2, 8).mean(dim=2)  # [B, G, d], each group's queries
     k[:, :, 0:2] = -4 * pull[:, :, None]
     k[:, :, 2:6] = 4 * pull[:, :, None]
-    sparse = SparsePrefill(
-        torch.nn.Linear(1, 1), SpecKV(budget=8, window=4, kernel=1), observed=12, vertical=2, slash=2
-    )
+    sparse = sparse_pass(SpecKV(budget=8, window=4, kernel=1), observed=12, vertical=2, slash=2)
     got, _ = sparse.attention(torch.nn.Module(), q, k, v, None, scaling=0.5)
     visible = vertical_slash_mask(14, 14, torch.tensor([[[0, 1], [0, 1]]]), 2)
     torch.testing.assert_close(got, dense_reference(q, k, v, visible, 0.5), rtol=1e-5, atol=1e-6)
@@ -165,7 +169,7 @@ def test_the_verticals_are_ranked_by_soft_capped_attention():
     k = torch.tensor([[10.0, -10.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])[None, None]
     v = torch.randn(1, 1, 4, 2, generator=torch.Generator().manual_seed(0))
     method = SpecKV(budget=8, window=2, kernel=1, reduce="mean")
-    sparse = SparsePrefill(torch.nn.Linear(1, 1), method, observed=2, vertical=1, slash=1)
+    sparse = sparse_pass(method, observed=2, vertical=1, slash=1)
     uncapped = vertical_slash_mask(4, 4, torch.tensor([[[0]]]), 1)
     capped = vertical_slash_mask(4, 4, torch.tensor([[[1]]]), 1)
     free, _ = sparse.attention(torch.nn.Module(), q, k, v, None, scaling=1.0)
@@ -302,3 +306,74 @@ def test_the_fused_sparse_prefill_is_the_reference_one(arch, attn):
         torch.testing.assert_close(mine.keys, theirs.keys, rtol=1e-4, atol=1e-4)
         if hasattr(theirs, "positions"):
             assert torch.equal(mine.positions, theirs.positions)
+
+
+# SpecPC's draft reads the prompt through the same sparse pass.
+
+
+def specpc(**options) -> SpecPC:
+    return SpecPC(budget=24, window=8, kernel=3, neighbourhood=2, first_layer=1, lookahead=2, **options)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_specpc_reads_densely_when_the_sparse_pass_would_hide_nothing(arch):
+    """``vertical + slash`` at least the prompt: the draft's pass is its usual one, scores to the bit."""
+    draft = tiny_model(arch, attn="sdpa")
+    ids = torch.tensor([random_ids(60, seed=2)])
+    dense, dense_guess = specpc().token_scores(draft, ids)
+    scores, guess = specpc(sparse_prefill=True, vertical=30, slash=30).token_scores(draft, ids)
+    assert torch.equal(scores, dense) and torch.equal(guess, dense_guess)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_specpc_with_a_sparse_prefill_reads_the_prompt_sparsely(arch, monkeypatch):
+    """``vertical + slash`` below the prompt: every layer's attention runs the sparse pass once, over the
+    whole prompt (the lookahead's steps then read the cache densely); the scores move, stay a
+    distribution's maxima, and the choice keeps the budget; the model's attention is restored."""
+    draft = tiny_model(arch, attn="sdpa")
+    ids = torch.tensor([random_ids(80, seed=4)])
+    lengths = []
+    attention = SparsePrefill.attention
+
+    def spy(self, module, query, *args, **kwargs):
+        lengths.append(query.shape[2])
+        return attention(self, module, query, *args, **kwargs)
+
+    monkeypatch.setattr(SparsePrefill, "attention", spy)
+    dense, _ = specpc().token_scores(draft, ids)
+    assert lengths == []
+    method = specpc(sparse_prefill=True, vertical=8, slash=16)
+    scores, guess = method.token_scores(draft, ids)
+    assert lengths == [80] * draft.config.num_hidden_layers
+    assert not torch.allclose(scores, dense) and bool(((scores > 0) & (scores <= 1)).all())
+    assert guess.shape == (1, 2) and len(method.choose(scores)) == 24
+    assert draft.config._attn_implementation == "sdpa"
+
+
+@needs_compiler
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_specpc_sparse_scores_are_the_same_with_either_kernel(arch):
+    """The default kernel ("auto": the fused one, with a compiler) scores as the plain one does."""
+    draft = tiny_model(arch)
+    ids = torch.tensor([random_ids(80, seed=5)])
+    fused, _ = specpc(sparse_prefill=True, vertical=8, slash=16, sparse_kernel="flex").token_scores(
+        draft, ids
+    )
+    plain, _ = specpc(sparse_prefill=True, vertical=8, slash=16, sparse_kernel="reference").token_scores(
+        draft, ids
+    )
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_specpc_ranks_verticals_by_their_strongest_weight():
+    """Key 1 draws most of one query's attention; key 0 a fair share of every query's: key 1 is SpecPC's
+    vertical (its scores take maxima), where SnapKV's mean would pick key 0."""
+    rows = torch.tensor([[0.6, 0.0, 0.4], [0.6, 0.0, 0.4], [0.1, 0.9, 0.0]])[None, None, None]  # [1,1,1,3,3]
+    assert top_indices(_strongest(rows, None), 1).tolist() == [[[1]]]
+    method = SpecKV(budget=8, window=2, kernel=1, reduce="mean")
+    assert top_indices(method.score(rows, torch.zeros(1, 1, 3, 2)), 1).tolist() == [[[0]]]
+
+
+def test_specpc_checks_its_sparse_options():
+    with pytest.raises(ValueError, match="slash"):
+        SpecPC(sparse_prefill=True, slash=0)

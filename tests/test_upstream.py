@@ -26,6 +26,7 @@ try:
 except ImportError:  # pragma: no cover
     httpx = pytest.importorskip("httpx")
 
+import draftwise.serve.upstream  # noqa: E402
 from draftwise.methods import SpecPC  # noqa: E402
 from draftwise.serve import add_serve_arguments, create_app  # noqa: E402
 from draftwise.text_compression import compress_text  # noqa: E402
@@ -306,3 +307,47 @@ def test_serve_arguments():
     assert (args.upstream, args.upstream_model, args.upstream_timeout) == ("http://h:1/v1", "m", 5.0)
     assert args.method is None  # specpc in upstream mode, speckv otherwise
     assert json.dumps(vars(parser.parse_args([]))["upstream"]) == "null"
+
+
+def test_a_sparse_compression_has_the_draft_to_itself(models, upstream, monkeypatch):
+    """SpecPC's sparse pre-fill switches the draft's attention for every thread: while it runs, no other
+    compression may use the draft. Six requests at once, sparse and plain in turn, on four worker
+    threads: plain ones overlap, a sparse one never overlaps another, and each gives the text it gives
+    alone."""
+    _, _, tokenizer = models
+    draft = tiny_model("qwen2", seed=1, layers=2)
+    sparse_options = {"sparse_prefill": True, "vertical": 16, "slash": 16}
+    sparse = {**SPECPC, **sparse_options}
+    alone = {
+        on: compress_text(
+            draft, tokenizer, PROMPT, SpecPC(budget=40, window=8, **(sparse_options if on else {}))
+        )
+        for on in (True, False)
+    }
+    assert alone[True].text != alone[False].text
+    draft.register_forward_pre_hook(lambda module, args: time.sleep(0.05))
+    running_now, overlaps, texts = [], [], []
+    plain_compress = draftwise.serve.upstream.compress_text
+
+    def recorded(model, tokenizer, text, method, max_bytes):
+        running_now.append(method.sparse_prefill)
+        overlaps.append(list(running_now))
+        try:
+            out = plain_compress(model, tokenizer, text, method, max_bytes)
+        finally:
+            running_now.remove(method.sparse_prefill)
+        texts.append((method.sparse_prefill, out.text))
+        return out
+
+    monkeypatch.setattr(draftwise.serve.upstream, "compress_text", recorded)
+    app = create_app(None, draft, tokenizer, upstream=f"{upstream}/v1", max_concurrency=4)
+    bodies = [
+        {"model": MODEL, "messages": chat(PROMPT), "max_tokens": 2, "draftwise": sparse if i % 2 else SPECPC}
+        for i in range(6)
+    ]
+    with running(app) as base, ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda body: httpx.post(base + CHAT, json=body, timeout=60), bodies))
+    assert [r.status_code for r in responses] == [200] * 6
+    assert len(texts) == 6 and all(text == alone[sparse_on].text for sparse_on, text in texts)
+    assert any(len(seen) > 1 for seen in overlaps), "plain compressions run at once"
+    assert all(len(seen) == 1 for seen in overlaps if True in seen), "a sparse one runs alone"

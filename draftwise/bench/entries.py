@@ -5,12 +5,28 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from draftwise.methods import H2O, METHODS, TOVA, AdaKV, Method, PyramidKV, SnapKV, SpecKV, build_method
+from draftwise.methods import (
+    H2O,
+    METHODS,
+    TOVA,
+    AdaKV,
+    Method,
+    PyramidKV,
+    SnapKV,
+    SpecKV,
+    SpecPC,
+    build_method,
+)
 
 # Names for combinations: the draft lookahead over another scorer, CAOTE over another scorer.
 ALIASES: dict[str, tuple[type[Method], dict]] = {
     # SpecKV that drops its whole lookahead after reading it (before accept_lookahead, its only way)
     "speckv-noaccept": (SpecKV, {"accept_lookahead": False}),
+    # SpecKV with its sparse pre-fill (step 5): the paper's vertical = slash = 2048, and a lighter 1024
+    "speckv-sparse": (SpecKV, {"sparse_prefill": True}),
+    "speckv-sparse1k": (SpecKV, {"sparse_prefill": True, "vertical": 1024, "slash": 1024}),
+    # SpecPC whose draft reads the prompt through the same sparse pass
+    "specpc-sparse1k": (SpecPC, {"sparse_prefill": True, "vertical": 1024, "slash": 1024}),
     "ada-speckv": (AdaKV, {"lookahead": None}),
     "pyramid-speckv": (PyramidKV, {"lookahead": None}),
     "snapkv-caote": (SnapKV, {"caote": True}),

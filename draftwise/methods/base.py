@@ -18,6 +18,7 @@ from draftwise.token_selection import select_tokens
 
 Pool = Literal["max", "avg"]
 Reduce = Literal["max", "mean"]
+SparseKernel = Literal["auto", "flex", "reference"]
 
 
 class OptionError(ValueError):
@@ -158,6 +159,37 @@ class Method:
         :class:`draftwise.attention.AttentionOverride`): such a generation must not share the model
         with another running at the same time."""
         return False
+
+
+@dataclass(frozen=True)
+class SparsePrefilling:
+    """The options of a sparse (vertical-slash) pre-fill, for a method whose model reads the prompt
+    through one (SpecKV's target, SpecPC's draft): every query sees only ``vertical`` keys (per layer
+    and KV head, those the last queries of the pass attend to most) and a band of the last ``slash``
+    keys (:mod:`draftwise.sparse`). ``sparse_kernel``: ``"flex"`` runs it as one fused FlexAttention
+    kernel (:mod:`draftwise.flex_sparse`, compiled by ``torch.compile``), ``"reference"`` as plain
+    PyTorch; the two agree to float rounding. ``"auto"``: ``"flex"`` where it can be compiled (a C++
+    compiler for CPUs, Triton for CUDA). Put it first among the bases, so that its
+    :meth:`sparse_for` is the one a method uses.
+    """
+
+    sparse_prefill: bool = False
+    vertical: int = 2048
+    slash: int = 2048
+    sparse_kernel: SparseKernel = "auto"
+
+    def check_sparse(self) -> None:
+        check_positive("vertical", self.vertical)
+        check_positive("slash", self.slash)
+
+    @property
+    def swaps_attention(self) -> bool:
+        return self.sparse_prefill
+
+    def sparse_for(self, length: int) -> bool:
+        """Whether a pre-fill of ``length`` tokens runs sparse: when on and ``vertical + slash`` keys
+        are fewer than ``length`` (else it would be dense attention, and the answer exact)."""
+        return self.sparse_prefill and self.vertical + self.slash < length
 
 
 @dataclass(frozen=True)

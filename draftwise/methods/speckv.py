@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from draftwise.methods.base import check_positive
+from draftwise.methods.base import SparsePrefilling, check_positive
 from draftwise.methods.snapkv import SnapKV
-
-SparseKernel = Literal["auto", "flex", "reference"]
 
 
 @dataclass(frozen=True)
-class SpecKV(SnapKV):
+class SpecKV(SparsePrefilling, SnapKV):
     """Drop KV pairs by the target's attention from the prompt's last ``window`` queries *and* the
     queries of a lookahead answer the draft wrote.
 
@@ -42,22 +40,9 @@ class SpecKV(SnapKV):
     name: ClassVar[str] = "speckv"
 
     lookahead: int | None = None
-    sparse_prefill: bool = False
-    vertical: int = 2048
-    slash: int = 2048
-    sparse_kernel: SparseKernel = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.lookahead is not None:
             check_positive("lookahead", self.lookahead)
-        check_positive("vertical", self.vertical)
-        check_positive("slash", self.slash)
-
-    @property
-    def swaps_attention(self) -> bool:
-        return self.sparse_prefill
-
-    def sparse_for(self, length: int) -> bool:
-        """Whether a pre-fill of ``length`` tokens (prompt and lookahead) runs sparse."""
-        return self.sparse_prefill and self.vertical + self.slash < length
+        self.check_sparse()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -17,15 +18,17 @@ from draftwise.methods.base import (
     Footprint,
     Pool,
     PromptMethod,
+    SparsePrefilling,
     check_non_negative,
     check_positive,
 )
 from draftwise.scoring import smooth
+from draftwise.sparse import SparsePrefill
 from draftwise.token_selection import select_tokens
 
 
 @dataclass(frozen=True)
-class SpecPC(PromptMethod):
+class SpecPC(SparsePrefilling, PromptMethod):
     """Compress the prompt to ``budget`` tokens with the draft's attention; the target reads the result.
 
     1. The draft reads the prompt and greedily writes ``lookahead`` tokens.
@@ -39,6 +42,12 @@ class SpecPC(PromptMethod):
        token on the left than on the right). Going down the scores, each chosen token brings its
        ``neighbourhood`` of tokens, nearest first, until ``budget`` tokens, the last ``window``
        included, are chosen; they keep their original order.
+
+    With ``sparse_prefill`` (off by default; not in the paper), the draft reads a prompt longer than
+    ``vertical + slash`` tokens sparsely: each query sees the ``vertical`` keys the window's queries
+    attend to most (per layer and KV head, the maximum over its heads and those queries) and a band of
+    the last ``slash`` keys, as SpecKV's target does (``sparse_kernel`` likewise). The lookahead and
+    the scores then read every key of that cache: the scores are approximate, the method the same.
 
     Defaults are the paper's: budget 1024, window 64, kernel 64, neighbourhood 64, first layer 8,
     lookahead 1. Layers are counted in the draft; a draft with fewer layers uses its last layer, and
@@ -67,6 +76,7 @@ class SpecPC(PromptMethod):
         check_positive("kernel", self.kernel)
         check_positive("neighbourhood", self.neighbourhood)
         check_non_negative("first_layer", self.first_layer)
+        self.check_sparse()
 
     def footprint(self, prompt_length: int, max_new_tokens: int) -> Footprint:
         """The draft reads the prompt and its lookahead, the last token included."""
@@ -90,8 +100,10 @@ class SpecPC(PromptMethod):
         modules = attention_modules(draft)
         first = min(self.first_layer, len(modules) - 1)
         cache = DynamicCache(config=draft.config)
+        sparse = SparsePrefill(draft, self, _strongest, self.window) if self.sparse_for(n) else nullcontext()
         with QueryRecorder(draft, last=self.window) as recorder:
-            out = draft(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            with sparse:
+                out = draft(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
             recorder.last = 1
             lookahead_ids = decode(
                 draft, cache, out.logits[:, -1], n, self.lookahead, stop_ids=stop_ids, feed_last=True
@@ -115,3 +127,9 @@ class SpecPC(PromptMethod):
 
     def choose(self, scores: torch.Tensor) -> torch.Tensor:
         return select_tokens(scores.cpu(), self.budget, self.window, self.neighbourhood)
+
+
+def _strongest(rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """The sparse pre-fill's vertical ranking: each key's largest weight from any query head of its KV
+    group and any observed query (rows ``[B, G, H/G, q, k]`` to ``[B, G, k]``)."""
+    return rows.amax(dim=(2, 3))

@@ -1,14 +1,17 @@
 """Admission: how many requests the server takes on at once; beyond that, 429 before any work.
 
 :class:`Admission` counts places (the batch scheduler's requests, upstream mode's forwarded ones);
-:class:`WorkerPool` adds the threads that run upstream mode's compressions a few at a time.
+:class:`WorkerPool` adds the threads that run upstream mode's compressions a few at a time, and
+:class:`ModelUse` keeps a compression that swaps the draft's attention alone on the model.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -92,3 +95,36 @@ class WorkerPool:
     def close(self) -> None:
         """Stop taking work; work not started is dropped."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class ModelUse:
+    """Threads sharing one model: any number at once, or one alone (one that switches the model's
+    attention implementation, :class:`~draftwise.attention.AttentionOverride`, changes it for every
+    thread). A thread waiting to be alone goes before threads that come after it."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._sharing = 0
+        self._alone = False
+        self._waiting_alone = 0
+
+    @contextmanager
+    def use(self, alone: bool) -> Iterator[None]:
+        with self._changed:
+            if alone:
+                self._waiting_alone += 1
+                self._changed.wait_for(lambda: not self._alone and self._sharing == 0)
+                self._waiting_alone -= 1
+                self._alone = True
+            else:
+                self._changed.wait_for(lambda: not self._alone and self._waiting_alone == 0)
+                self._sharing += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                if alone:
+                    self._alone = False
+                else:
+                    self._sharing -= 1
+                self._changed.notify_all()

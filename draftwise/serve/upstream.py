@@ -33,7 +33,7 @@ from torch import nn
 from draftwise.checks import TooLarge
 from draftwise.methods import Method
 from draftwise.methods.base import OptionError
-from draftwise.serve.admission import Admission, WorkerPool
+from draftwise.serve.admission import Admission, ModelUse, WorkerPool
 from draftwise.serve.errors import APIError, log, model_not_found
 from draftwise.serve.factory import new_app
 from draftwise.serve.formats import DONE
@@ -129,15 +129,23 @@ def _target(raw: dict, chat: bool) -> tuple[str | int, Any, str]:
 
 
 def _compress(
-    draft: nn.Module, tokenizer, method: Method, text: str, param: str, max_bytes: int | None
+    draft: nn.Module,
+    tokenizer,
+    method: Method,
+    text: str,
+    param: str,
+    max_bytes: int | None,
+    draft_use: ModelUse,
 ) -> tuple[str, Counts]:
     """Compress ``text`` (in a worker thread), checked first against the draft's context and the memory
-    limit; a method that keeps the whole prompt (``full``) only counts its tokens."""
+    limit; a method that keeps the whole prompt (``full``) only counts its tokens. The draft runs
+    under ``draft_use``: alone when the method swaps its attention (SpecPC's sparse pre-fill)."""
     if method.prompt_stage() is None or not text.strip():
         n = len(tokenizer(text, add_special_tokens=False).input_ids) if text else 0
         return text, Counts(n, n)
     try:
-        out = compress_text(draft, tokenizer, text, method, max_bytes)
+        with draft_use.use(alone=method.swaps_attention):
+            out = compress_text(draft, tokenizer, text, method, max_bytes)
     except TooLarge as error:
         raise _bad(str(error), param, code="request_too_large") from None
     except OptionError as error:
@@ -203,6 +211,7 @@ class Forwarder:
             "draftwise-compress",
         )
         self.forwarded = Admission(settings.max_forwarded, "requests in flight to the upstream")
+        self.draft_use = ModelUse()
         self._client: Any = None
 
     def client(self):
@@ -244,7 +253,7 @@ class Forwarder:
             text = _text_of(container[key], param)
             self.pool.admit()
             limit = self.settings.max_request_bytes
-            work = self.pool.run(_compress, draft, tokenizer, method, text, param, limit)
+            work = self.pool.run(_compress, draft, tokenizer, method, text, param, limit, self.draft_use)
             short, counts = await watch.until(work)
             container[key] = short
             return counts
@@ -255,7 +264,9 @@ class Forwarder:
         if not isinstance(container[key], str):
             return Counts()
         text = checked_text(container[key], param)
-        _, counts = await asyncio.to_thread(_compress, draft, tokenizer, method, text, param, None)
+        _, counts = await asyncio.to_thread(
+            _compress, draft, tokenizer, method, text, param, None, self.draft_use
+        )
         return counts
 
     async def forward(
