@@ -75,12 +75,12 @@ def main() -> None:
     rows = []
     if not cuda:  # the first pre-fill of a process pays for paging the weights in: not any row's
         warm = encode(tokenizer, needle_case(tokenizer, context_tokens=1024).messages).to(args.device)
-        prefill(target, warm, SpecKV(budget=args.budget))
+        prefill(target, warm, SpecKV(budget=args.budget, sparse_prefill=False))
     for length in args.lengths:
         ids = encode(tokenizer, needle_case(tokenizer, context_tokens=length).messages).to(args.device)
         guess = torch.randint(0, 1000, (1, args.lookahead), generator=torch.Generator().manual_seed(0))
         guess = guess.to(args.device)
-        configs = [("dense pre-fill + SpecKV pruning", SpecKV(budget=args.budget))]
+        configs = [("dense pre-fill + SpecKV pruning", SpecKV(budget=args.budget, sparse_prefill=False))]
         configs += [
             (
                 f"sparse pre-fill V=S={size}, {kernel}",

@@ -156,9 +156,12 @@ def main() -> None:
         "--sparse-sizes", type=int, nargs="*", default=[],
         help="also a front whose draft reads the prompt sparsely, vertical = slash = each size",
     )  # fmt: skip
+    parser.add_argument("--sparse-only", action="store_true", help="no front with a dense draft pre-fill")
     parser.add_argument("--logs", default="out/upstream")
     parser.add_argument("--out", help="write a Markdown report here (and its raw measurements as JSON)")
     args = parser.parse_args()
+    if args.sparse_only and not args.sparse_sizes:
+        parser.error("--sparse-only needs --sparse-sizes")
     if args.in_process and args.draft != DEFAULT_DRAFT:
         parser.error("--in-process runs the default draft, which shares the target's tokenizer")
     venv = ".venv-vllm" if args.engine == "vllm" else ".venv-llamacpp"
@@ -203,17 +206,17 @@ def main() -> None:
         started = time.perf_counter()
         start(engine, logs / f"{args.engine}.log", engine_url, stack, env=engine_env)
         startup = time.perf_counter() - started
-        start(front, logs / "draftwise.log", front_url, stack)
+        if not args.sparse_only:
+            start(front, logs / "draftwise.log", front_url, stack)
         for i, (command, url) in enumerate(sparse_fronts.values()):
             start(command, logs / f"draftwise-sparse-{i}.log", url, stack)
         version = subprocess.run(
             [args.engine_python, "-c", f"import {module}; print({module}.__version__)"],
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
-        paths = {
-            engine_name: OpenAI(base_url=engine_url, api_key="unused", timeout=3600, max_retries=0),
-            front_name: OpenAI(base_url=front_url, api_key="unused", timeout=3600, max_retries=0),
-        }
+        paths = {engine_name: OpenAI(base_url=engine_url, api_key="unused", timeout=3600, max_retries=0)}
+        if not args.sparse_only:
+            paths[front_name] = OpenAI(base_url=front_url, api_key="unused", timeout=3600, max_retries=0)
         for name, (_, url) in sparse_fronts.items():
             paths[name] = OpenAI(base_url=url, api_key="unused", timeout=3600, max_retries=0)
         engine_client = paths[engine_name]
@@ -346,8 +349,8 @@ def report(args, rows, ruler_rows, names, version, context, startup, compiled) -
         f"- Engine: {engine}. Front: `draftwise serve --upstream` with the draft {args.draft} (bf16, "
         f"PyTorch), SpecPC keeping {args.budget} prompt tokens"
         + "".join(
-            f"; a second front whose draft reads the prompt sparsely (`--sparse-prefill --vertical {size} "
-            f"--slash {size}`, the fused kernel)"
+            f"; {'its' if args.sparse_only else 'a second front whose'} draft reads the prompt sparsely "
+            f"(`--sparse-prefill --vertical {size} --slash {size}`, the fused kernel)"
             for size in args.sparse_sizes
         )
         + ". Greedy.\n"

@@ -354,7 +354,7 @@ def compress(target: nn.Module, plan: Plan, sampler: Sampler | None = None) -> C
             draft_seconds += seconds
         lookahead_ids = lookahead_ids if steps else None
         taken = 0 if lookahead_ids is None else lookahead_ids.shape[1]
-        sparse = kv_stage.sparse_for(kept_ids.shape[1] + taken)
+        sparse = kv_stage.sparse_for(kept_ids.shape[1], taken, target.device)
         if shared_prefill is not None and not sparse:
             prefilled, prefill_seconds = shared_prefill.prefill(
                 target, kept_ids, kv_stage, lookahead_ids, sampler

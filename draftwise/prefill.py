@@ -139,7 +139,7 @@ def prefill(
     if method is not None and method.window > n:
         raise ValueError(f"window ({method.window}) is larger than the prompt ({n} tokens)")
     steps = lookahead_ids.shape[1] if lookahead_ids is not None else 0
-    if method is not None and method.sparse_for(n + steps):
+    if method is not None and method.sparse_for(n, steps, target.device):
         return prefill_sparse(target, input_ids.to(target.device), method, lookahead_ids, sampler)
     observed = observe(target, input_ids, method.observed_queries(n) if method is not None else 0)
     return prune_observed(target, observed, method, lookahead_ids, copy=False, sampler=sampler)

@@ -147,7 +147,7 @@ def keeping_everything(n: int, window: int = 8) -> list:
     for method in every_method(n, window):
         if isinstance(method, PyramidKV):
             method = replace(method, budget=window + method.beta * (n - window))
-        elif isinstance(method, SpecKV) and method.sparse_prefill:
+        elif isinstance(method, SpecKV) and method.sparse_prefill is True:
             method = replace(method, vertical=n - window)
         out.append(method)
     return out
@@ -159,15 +159,15 @@ _FORCED: dict[type, type] = {}
 def forced(method):
     """``method`` as an instance of a test subclass that always runs its whole compression path: its
     ``compresses()`` is True whatever the prompt length (SpecKV-PC: both stages'), and a SpecKV with
-    ``sparse_prefill`` pre-fills sparsely whatever ``vertical + slash``. With a budget that keeps
-    everything, the answer must still be Full's."""
+    ``sparse_prefill=True`` pre-fills sparsely whatever ``vertical + slash`` (``"auto"``: densely).
+    With a budget that keeps everything, the answer must still be Full's."""
     from draftwise import SpecKV, SpecKVPC
 
     cls = type(method)
     if cls not in _FORCED:
         body: dict = {"compresses": lambda self, prompt_length: True}
         if issubclass(cls, SpecKV):
-            body["sparse_for"] = lambda self, length: self.sparse_prefill
+            body["sparse_for"] = lambda self, *args: self.sparse_prefill is True
         if issubclass(cls, SpecKVPC):
             body["prompt_stage"] = lambda self: forced(cls.prompt_stage(self))
             body["kv_stage"] = lambda self: forced(cls.kv_stage(self))

@@ -59,7 +59,10 @@ def test_empty_prompt(pair, tokenizer, prompt):
         (lambda: SpecKVPC(kv_budget=8), "at least the window"),
         (lambda: SpecKVPC(lookahead=0), "lookahead must be a positive integer"),
         (lambda: SpecPC(budget=2.5), "budget must be an integer"),
-        (lambda: SpecKV(budget=64, sparse_prefill="false"), "sparse_prefill must be true or false"),
+        (
+            lambda: SpecKV(budget=64, sparse_prefill="false"),
+            "sparse_prefill must be true or false or one of auto",
+        ),
         (lambda: SnapKV(budget=64, caote=1), "caote must be true or false"),
         (lambda: SpecPC(weighted_query="yes"), "weighted_query must be true or false"),
         (lambda: SpecKV(budget=64, kernel=7.0), "kernel must be an integer"),

@@ -26,6 +26,13 @@ def test_every_field_becomes_a_dashed_option_with_its_default():
     assert parsed.options() == {"prompt_budget": 512, "sparse_prefill": True}
 
 
+def test_the_sparse_prefill_can_be_turned_off_or_left_to_the_method():
+    """SpecKV's default is "auto": ``--no-sparse-prefill`` makes it dense, no flag keeps the default."""
+    assert _parse(MethodOptions, ["--no-sparse-prefill"]).build().sparse_prefill is False
+    assert _parse(MethodOptions, []).build().sparse_prefill == "auto"
+    assert _parse(MethodOptions, ["--method", "specpc", "--sparse-prefill"]).build().sparse_prefill is True
+
+
 def test_choices_are_checked_by_the_parser():
     with pytest.raises(SystemExit):
         _parse(ModelOptions, ["--dtype", "int3"])

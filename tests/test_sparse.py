@@ -8,12 +8,13 @@ import pytest
 import torch
 from helpers import ARCHITECTURES, random_ids, tiny_model
 
+import draftwise.methods.base
 import draftwise.prefill
 from draftwise import SpecKV, SpecPC
 from draftwise.cache import prunable_layers
 from draftwise.decoding import decode
 from draftwise.flex_sparse import flex_vertical_slash_attention, fused_available
-from draftwise.methods.base import SparsePrefilling
+from draftwise.methods.base import SPARSE_AUTO_FROM, SparsePrefilling
 from draftwise.methods.specpc import _strongest
 from draftwise.prefill import prefill, prefill_sparse
 from draftwise.scoring import top_indices
@@ -232,12 +233,37 @@ def test_sparse_parameters_are_checked():
 
 
 def test_sparse_prefill_runs_only_when_it_hides_something():
-    """SpecKV's docstring: the sparse pre-fill applies when ``vertical + slash`` is less than the
-    pre-filled length (prompt and lookahead), and only with ``sparse_prefill=True``."""
+    """The sparse pre-fill applies when ``vertical + slash`` is less than the pre-filled length (prompt
+    and lookahead), and only with ``sparse_prefill`` on."""
     method = SpecKV(budget=64, sparse_prefill=True, vertical=60, slash=40)
-    assert method.sparse_for(101) and not method.sparse_for(100) and not method.sparse_for(50)
-    dense = SpecKV(budget=64, vertical=8, slash=8)
+    assert method.sparse_for(101) and method.sparse_for(99, 2) and not method.sparse_for(100)
+    assert not method.sparse_for(50, 10)
+    dense = SpecKV(budget=64, sparse_prefill=False, vertical=8, slash=8)
     assert not dense.sparse_for(1000) and not dense.swaps_attention and method.swaps_attention
+
+
+@pytest.mark.parametrize("cls", [SpecKV, SpecPC])
+def test_auto_goes_sparse_only_where_it_was_measured_to_win(cls, monkeypatch):
+    """``sparse_prefill="auto"`` (SpecKV's default): sparse on a CPU from SPARSE_AUTO_FROM tokens (prompt
+    and lookahead) when the fused kernel can be built and the budget drops something; dense on a device
+    with no measured threshold, with the reference kernel, below the threshold, and when the budget
+    covers the prompt (the answer then stays exactly Full's)."""
+    monkeypatch.setattr(draftwise.methods.base, "fused_available", lambda kind: True)
+    start = SPARSE_AUTO_FROM["cpu"]
+    method = cls(budget=256, sparse_prefill="auto")
+    assert method.sparse_for(start) and method.sparse_for(start - 8, 8) and method.swaps_attention
+    assert not method.sparse_for(start - 1) and not method.sparse_for(start - 9, 8)
+    assert not method.sparse_for(start * 2, 0, "cuda") and "cuda" not in SPARSE_AUTO_FROM
+    assert not cls(budget=start * 2, sparse_prefill="auto").sparse_for(start * 2)
+    assert cls(budget=start * 2, sparse_prefill=True).sparse_for(start * 2)
+    assert not cls(budget=256, sparse_prefill="auto", sparse_kernel="reference").sparse_for(start * 2)
+    assert not cls(budget=256, sparse_prefill="auto", vertical=start, slash=start).sparse_for(start * 2)
+    monkeypatch.setattr(draftwise.methods.base, "fused_available", lambda kind: False)
+    assert not method.sparse_for(start * 2) and cls(sparse_prefill=True).sparse_for(start * 2)
+
+
+def test_speckv_defaults_to_auto_and_specpc_to_dense():
+    assert SpecKV().sparse_prefill == "auto" and SpecPC().sparse_prefill is False
 
 
 def test_the_lookahead_counts_toward_going_sparse(monkeypatch):

@@ -22,7 +22,9 @@ from draftwise.methods import (
 ALIASES: dict[str, tuple[type[Method], dict]] = {
     # SpecKV that drops its whole lookahead after reading it (before accept_lookahead, its only way)
     "speckv-noaccept": (SpecKV, {"accept_lookahead": False}),
-    # SpecKV with its sparse pre-fill (step 5): the paper's vertical = slash = 2048, and a lighter 1024
+    # SpecKV with its sparse pre-fill (step 5) always (plain speckv: "auto", from 8k on CPUs) or never;
+    # the paper's vertical = slash = 2048, and a lighter 1024
+    "speckv-dense": (SpecKV, {"sparse_prefill": False}),
     "speckv-sparse": (SpecKV, {"sparse_prefill": True}),
     "speckv-sparse1k": (SpecKV, {"sparse_prefill": True, "vertical": 1024, "slash": 1024}),
     # SpecPC whose draft reads the prompt through the same sparse pass

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from draftwise.attention import module_attention_rows
+from draftwise.flex_sparse import fused_available
 from draftwise.scoring import caote_correction, top_indices
 from draftwise.token_selection import select_tokens
 
@@ -161,19 +162,31 @@ class Method:
         return False
 
 
+# Where ``sparse_prefill="auto"`` pre-fills sparsely: per device type, the prompt length (with the
+# lookahead) from which the fused kernel was measured faster than dense attention with the paper's
+# vertical = slash = 2048, with RULER accuracy checked there (docs/results/prefill-flex.md,
+# docs/results/ruler-long.md). A device type not listed (CUDA: unmeasured) stays dense.
+SPARSE_AUTO_FROM: dict[str, int] = {"cpu": 8192}
+
+
 @dataclass(frozen=True)
 class SparsePrefilling:
     """The options of a sparse (vertical-slash) pre-fill, for a method whose model reads the prompt
     through one (SpecKV's target, SpecPC's draft): every query sees only ``vertical`` keys (per layer
     and KV head, those the last queries of the pass attend to most) and a band of the last ``slash``
-    keys (:mod:`draftwise.sparse`). ``sparse_kernel``: ``"flex"`` runs it as one fused FlexAttention
-    kernel (:mod:`draftwise.flex_sparse`, compiled by ``torch.compile``), ``"reference"`` as plain
-    PyTorch; the two agree to float rounding. ``"auto"``: ``"flex"`` where it can be compiled (a C++
-    compiler for CPUs, Triton for CUDA). Put it first among the bases, so that its
-    :meth:`sparse_for` is the one a method uses.
+    keys (:mod:`draftwise.sparse`).
+
+    ``sparse_prefill``: ``True`` whenever ``vertical + slash`` keys are fewer than the pass reads;
+    ``"auto"`` only where it was measured to win (:data:`SPARSE_AUTO_FROM`: on CPUs from 8,192
+    tokens), the fused kernel is available, and the method drops something (a budget covering the
+    prompt keeps the exact answer); ``False`` never. ``sparse_kernel``: ``"flex"`` runs it as one
+    fused FlexAttention kernel (:mod:`draftwise.flex_sparse`, compiled by ``torch.compile``),
+    ``"reference"`` as plain PyTorch; the two agree to float rounding. ``"auto"``: ``"flex"`` where
+    it can be compiled (a C++ compiler for CPUs, Triton for CUDA). Put it first among the bases of a
+    :class:`Budgeted` method, so that its :meth:`sparse_for` is the one the method uses.
     """
 
-    sparse_prefill: bool = False
+    sparse_prefill: bool | Literal["auto"] = False
     vertical: int = 2048
     slash: int = 2048
     sparse_kernel: SparseKernel = "auto"
@@ -184,12 +197,20 @@ class SparsePrefilling:
 
     @property
     def swaps_attention(self) -> bool:
-        return self.sparse_prefill
+        return bool(self.sparse_prefill)
 
-    def sparse_for(self, length: int) -> bool:
-        """Whether a pre-fill of ``length`` tokens runs sparse: when on and ``vertical + slash`` keys
-        are fewer than ``length`` (else it would be dense attention, and the answer exact)."""
-        return self.sparse_prefill and self.vertical + self.slash < length
+    def sparse_for(self, prompt_length: int, lookahead: int = 0, device: torch.device | str = "cpu") -> bool:
+        """Whether a pass over ``prompt_length`` tokens and ``lookahead`` more on ``device`` runs sparse
+        (never when ``vertical + slash`` keys cover it: that would be dense attention)."""
+        length = prompt_length + lookahead
+        if not self.sparse_prefill or self.vertical + self.slash >= length:
+            return False
+        if self.sparse_prefill is True:
+            return True
+        kind = torch.device(device).type
+        start = SPARSE_AUTO_FROM.get(kind)
+        fused = self.sparse_kernel != "reference" and fused_available(kind)
+        return start is not None and length >= start and fused and self.compresses(prompt_length)
 
 
 @dataclass(frozen=True)
@@ -234,9 +255,9 @@ class KVMethod(Budgeted):
         """Whether CAOTE's correction replaces each attention weight before scoring."""
         return False
 
-    def sparse_for(self, length: int) -> bool:
-        """Whether the target pre-fills ``length`` tokens (prompt and lookahead) sparsely (SpecKV's
-        vertical-slash pre-fill; no other method)."""
+    def sparse_for(self, prompt_length: int, lookahead: int = 0, device: torch.device | str = "cpu") -> bool:
+        """Whether the target pre-fills the prompt and lookahead sparsely (SpecKV's vertical-slash
+        pre-fill, :class:`SparsePrefilling`; no other KV method)."""
         return False
 
     def lookahead_length(self, max_new_tokens: int) -> int:

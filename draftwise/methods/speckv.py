@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from draftwise.methods.base import SparsePrefilling, check_positive
 from draftwise.methods.snapkv import SnapKV
@@ -40,6 +40,7 @@ class SpecKV(SparsePrefilling, SnapKV):
     name: ClassVar[str] = "speckv"
 
     lookahead: int | None = None
+    sparse_prefill: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()

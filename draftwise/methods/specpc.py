@@ -100,9 +100,10 @@ class SpecPC(SparsePrefilling, PromptMethod):
         modules = attention_modules(draft)
         first = min(self.first_layer, len(modules) - 1)
         cache = DynamicCache(config=draft.config)
-        sparse = SparsePrefill(draft, self, _strongest, self.window) if self.sparse_for(n) else nullcontext()
+        sparse = self.sparse_for(n, 0, draft.device)
+        reading = SparsePrefill(draft, self, _strongest, self.window) if sparse else nullcontext()
         with QueryRecorder(draft, last=self.window) as recorder:
-            with sparse:
+            with reading:
                 out = draft(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
             recorder.last = 1
             lookahead_ids = decode(
