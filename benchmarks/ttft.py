@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def main() -> None:
         Path(args.out).with_suffix(".json").write_text(
             json.dumps({"rows": rows, "warm": warm}, indent=1) + "\n"
         )
-        command = " ".join([".venv/bin/python", *sys.argv])
+        command = shlex.join([".venv/bin/python", *sys.argv])
         Path(args.out).write_text(
             f"# Time to first token, side by side\n\n- Command: `{command}`\n- Machine: {machine('cpu')}; "
             f"one request at a time, streamed chat, at most {args.max_tokens} new tokens.\n\n{table}\n"

@@ -251,6 +251,7 @@ def main() -> None:
                     result = timed_completion(client, text, new)
                     score = ruler.score(task, result["text"], sample.answers)
                     ruler_rows.append(dict(task=task, index=sample.index, path=name, score=score, **result))
+                    save_raw(args, rows, ruler_rows, compiled)
                 if local is not None:
                     for name, result in in_process(local, tokenizer, text, new, args.budget).items():
                         score = ruler.score(task, result["text"], sample.answers)
@@ -285,13 +286,20 @@ def in_process(models, tokenizer, text: str, new: int, budget: int) -> dict[str,
     return out
 
 
+def save_raw(args, rows, ruler_rows, compiled) -> None:
+    """The raw measurements so far as JSON beside ``args.out`` (rewritten after every RULER answer, so
+    a run that fails midway keeps what it measured)."""
+    if not args.out:
+        return
+    raw = {"needle": [dict(prompt_tokens=n, path=name, found=found, **r) for n, name, r, found in rows]}
+    raw["ruler"] = ruler_rows
+    raw["compiling"] = [dict(prompt_tokens=n, path=name, ttft=ttft) for n, name, ttft in compiled]
+    Path(args.out).with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
+
+
 def report(args, rows, ruler_rows, names, version, context, startup, compiled) -> None:
     """The Markdown tables (printed, and written with the raw measurements under ``args.out``)."""
-    if args.out:
-        raw = {"needle": [dict(prompt_tokens=n, path=name, found=found, **r) for n, name, r, found in rows]}
-        raw["ruler"] = ruler_rows
-        raw["compiling"] = [dict(prompt_tokens=n, path=name, ttft=ttft) for n, name, ttft in compiled]
-        Path(args.out).with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
+    save_raw(args, rows, ruler_rows, compiled)
     base = {n: r for n, name, r, _ in rows if name == names[0]}
     lines = [
         "| prompt tokens | path | TTFT s | total s | TTFT ratio | total ratio | needle found |",

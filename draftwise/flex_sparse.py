@@ -18,10 +18,17 @@ import shutil
 from functools import cache
 
 import torch
+from torch._dynamo.exc import FailOnRecompileLimitHit
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 BLOCK = 128  # FlexAttention's tile: queries and keys
 BUCKET = 512  # lengths are padded to a multiple of this: one compiled kernel serves many prompts
+# Compiled variants of the kernel a process may hold (one per padded length, band, head layout, ...).
+# Dynamo's own limit (8) is reached by a server within a few prompt lengths; past it, dynamo would run
+# FlexAttention unfused, materializing every score: ours fails instead (RecompileLimit), and the
+# caller falls back to the plain implementation.
+RECOMPILE_LIMIT = 256
+RecompileLimit = FailOnRecompileLimitHit
 
 
 @cache
@@ -166,7 +173,9 @@ def flex_vertical_slash_attention(
 
     # inference only: FlexAttention has no backward on CPU, and a pre-fill needs none
     query, keys, values = query.detach(), keys.detach(), values.detach()
-    out = compiled_flex_attention()(
-        query, keys, values, score_mod=score_mod, block_mask=mask, scale=scaling, enable_gqa=True
-    )
+    limits = {"recompile_limit": RECOMPILE_LIMIT, "fail_on_recompile_limit_hit": True}
+    with torch._dynamo.config.patch(limits):
+        out = compiled_flex_attention()(
+            query, keys, values, score_mod=score_mod, block_mask=mask, scale=scaling, enable_gqa=True
+        )
     return out[:, :, : length - extra].transpose(1, 2).contiguous()

@@ -10,20 +10,28 @@ layer scores its keys with the observation queries (the window and the lookahead
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from draftwise import flex_sparse
 from draftwise.attention import AttentionOverride, attention_rows
-from draftwise.flex_sparse import flex_vertical_slash_attention, fused_available
+from draftwise.flex_sparse import (
+    RecompileLimit,
+    flex_vertical_slash_attention,
+    fused_available,
+)
 from draftwise.scoring import top_indices
 
 if TYPE_CHECKING:  # the methods import this module
     from draftwise.methods.base import SparsePrefilling
 
 SPARSE_ATTENTION = "draftwise_vertical_slash"
+log = logging.getLogger(__name__)
 
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -127,14 +135,27 @@ class SparsePrefill(AttentionOverride):
 
 def fused_attention(query, key, value, verticals, band, scaling, softcap):
     """:func:`~draftwise.flex_sparse.flex_vertical_slash_attention`, with a clear error where it cannot be
-    compiled."""
+    compiled, and the plain implementation (the same attention) once the process holds
+    :data:`~draftwise.flex_sparse.RECOMPILE_LIMIT` compiled variants."""
     from torch._dynamo.exc import BackendCompilerFailed
     from torch._inductor.exc import InductorError
 
     try:
         return flex_vertical_slash_attention(query, key, value, verticals, band, scaling, softcap)
+    except RecompileLimit:
+        _warn_recompile_limit()
+        return vertical_slash_attention(query, key, value, verticals, band, scaling, softcap)
     except (BackendCompilerFailed, InductorError) as error:
         raise RuntimeError(
             "the fused sparse pre-fill (FlexAttention) could not be compiled here "
             f"({type(error).__name__}); pass sparse_kernel='reference' (CLI --sparse-kernel reference)"
         ) from error
+
+
+@functools.cache
+def _warn_recompile_limit() -> None:
+    log.warning(
+        "the fused sparse pre-fill holds %d compiled variants, its limit: new shapes run the plain "
+        "implementation (slower, the same attention)",
+        flex_sparse.RECOMPILE_LIMIT,
+    )

@@ -8,8 +8,10 @@ import pytest
 import torch
 from helpers import ARCHITECTURES, random_ids, tiny_model
 
+import draftwise.flex_sparse
 import draftwise.methods.base
 import draftwise.prefill
+import draftwise.sparse
 from draftwise import SpecKV, SpecPC
 from draftwise.cache import prunable_layers
 from draftwise.decoding import decode
@@ -403,3 +405,27 @@ def test_specpc_ranks_verticals_by_their_strongest_weight():
 def test_specpc_checks_its_sparse_options():
     with pytest.raises(ValueError, match="slash"):
         SpecPC(sparse_prefill=True, slash=0)
+
+
+@needs_compiler
+def test_past_the_recompile_limit_the_plain_implementation_answers(monkeypatch):
+    """A server meets many prompt lengths: once the process holds RECOMPILE_LIMIT compiled variants, a
+    new shape runs the plain implementation (the same attention), never dynamo's unfused FlexAttention
+    (which materializes every score)."""
+    monkeypatch.setattr(draftwise.flex_sparse, "RECOMPILE_LIMIT", 1)
+    plain = []
+
+    def counted(*args):
+        plain.append(args[0].shape[2])
+        return vertical_slash_attention(*args)
+
+    monkeypatch.setattr(draftwise.sparse, "vertical_slash_attention", counted)
+    generator = torch.Generator().manual_seed(1)
+    for length in (1500, 2100):  # two new buckets of 512: at most one compiles
+        q = torch.randn(1, 4, length, 16, generator=generator)
+        k, v = torch.randn(2, 1, 2, length, 16, generator=generator)
+        chosen = torch.stack([torch.randperm(length - 40, generator=generator)[:100] for _ in range(2)])[None]
+        got = draftwise.sparse.fused_attention(q, k, v, chosen, 64, 0.25, None)
+        expected = vertical_slash_attention(q, k, v, chosen, 64, 0.25, None)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert plain, "a shape past the limit ran the plain implementation"
