@@ -1,11 +1,11 @@
-"""Sparse pre-fill (SpecKV step 5): each query attends only to ``V`` "vertical" keys, chosen per layer
-and KV head by the method's scorer, and to a "slash" band of the last ``S`` keys, cutting pre-fill
-attention from O(n²) to O(n·(V+S)).
+"""Sparse pre-fill (SpecKV step 5, and SpecPC's draft when asked): each query attends only to ``V``
+"vertical" keys, chosen per layer and KV head by the method's ranking, and to a "slash" band of the
+last ``S`` keys, cutting pre-fill attention from O(n²) to O(n·(V+S)).
 
 It runs through transformers' attention interface: :class:`SparsePrefill` switches the model to
-:data:`SPARSE_ATTENTION` for one forward pass, then back. Each
-layer scores its keys with the observation queries (the window and the lookahead, the last
-``observed`` positions of the pass), so the verticals are the keys SpecKV itself would rank highest.
+:data:`SPARSE_ATTENTION` for one forward pass, then back. Each layer ranks its keys by the attention of
+the pass's last ``observed`` queries (SpecKV: the window and the lookahead, with SpecKV's own scorer;
+SpecPC: its window, by the largest weight), so the verticals are the keys the method itself favours.
 """
 
 from __future__ import annotations
