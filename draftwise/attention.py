@@ -11,12 +11,14 @@ attention code.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import defaultdict
 
 import torch
 from torch import nn
 from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -187,6 +189,26 @@ class AttentionOverride:
     def attention(self, module: nn.Module, query, key, value, attention_mask, **kwargs):
         """Same contract as transformers' attention functions: returns ``(output [B, T, H, d], weights)``."""
         raise NotImplementedError
+
+
+class WrappingOverride(AttentionOverride):
+    """An override that calls the model's own ``eager`` or ``sdpa`` attention (:meth:`inner`) with changed
+    inputs; other implementations are refused with an error naming ``purpose``."""
+
+    purpose = "this override"  # what needs it, for the error under other attention
+
+    def __enter__(self) -> WrappingOverride:
+        implementation = self.model.config._attn_implementation
+        if implementation not in ("eager", "sdpa"):
+            raise ValueError(f"{self.purpose} need 'eager' or 'sdpa' attention, not {implementation!r}")
+        super().__enter__()
+        return self
+
+    def inner(self, module: nn.Module):
+        """The attention function the model ran before: SDPA's, or its modeling file's eager one."""
+        if self.previous == "sdpa":
+            return ALL_ATTENTION_FUNCTIONS["sdpa"]
+        return sys.modules[type(module).__module__].eager_attention_forward
 
 
 _OVERRIDES: dict[int, AttentionOverride] = {}

@@ -11,6 +11,7 @@ from transformers import DynamicCache
 
 from draftwise.cache import tentative
 from draftwise.decoding import decode
+from draftwise.windowed import windowed_prefill
 
 
 @torch.no_grad()
@@ -29,7 +30,8 @@ def lookahead_with_cache(
     the draft's next job (speculative decoding)."""
     input_ids = input_ids.to(draft.device)
     cache = DynamicCache(config=draft.config)
-    out = draft(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    with windowed_prefill(draft, input_ids.shape[1]):
+        out = draft(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     with tentative(cache, 0) as trial:
         ids = decode(draft, cache, out.logits[:, -1], input_ids.shape[1], steps, stop_ids=stop_ids)
         trial.tokens = ids.shape[1] - 1  # every token but the last was read

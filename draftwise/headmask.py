@@ -9,19 +9,17 @@ attention. Flash attention takes no per-head mask, so it is refused with a clear
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 
 import torch
 from torch import nn
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from draftwise.attention import AttentionOverride
+from draftwise.attention import WrappingOverride
 
 HEAD_MASKED_ATTENTION = "draftwise_head_masked"
 
 
-class HeadMaskedAttention(AttentionOverride):
+class HeadMaskedAttention(WrappingOverride):
     """While active, ``model`` ignores cache positions where ``valid[layer]`` ``[B, G, L]`` is False
     (positions past ``L``, the newly decoded tokens, are always valid)."""
 
@@ -33,18 +31,6 @@ class HeadMaskedAttention(AttentionOverride):
         self.valid = valid  # a dict, or a live view (draftwise.cache.LayerMasks) read at each call
         # layer -> (the valid mask it was built from, additive [B, H, 1, capacity])
         self._masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __enter__(self) -> HeadMaskedAttention:
-        implementation = self.model.config._attn_implementation
-        if implementation not in ("eager", "sdpa"):
-            raise ValueError(f"{self.purpose} need 'eager' or 'sdpa' attention, not {implementation!r}")
-        super().__enter__()
-        return self
-
-    def inner(self, module: nn.Module):
-        if self.previous == "sdpa":
-            return ALL_ATTENTION_FUNCTIONS["sdpa"]
-        return sys.modules[type(module).__module__].eager_attention_forward
 
     def mask(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor | None:
         """Additive mask ``[B, H, q, K]`` hiding the padded positions of ``module``'s layer.

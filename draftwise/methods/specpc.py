@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -25,6 +24,7 @@ from draftwise.methods.base import (
 from draftwise.scoring import smooth
 from draftwise.sparse import SparsePrefill
 from draftwise.token_selection import select_tokens
+from draftwise.windowed import windowed_prefill
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,10 @@ class SpecPC(SparsePrefilling, PromptMethod):
         modules = attention_modules(draft)
         first = min(self.first_layer, len(modules) - 1)
         cache = DynamicCache(config=draft.config)
-        sparse = self.sparse_for(n, 0, draft.device)
-        reading = SparsePrefill(draft, self, _strongest, self.window) if sparse else nullcontext()
+        if self.sparse_for(n, 0, draft.device):
+            reading = SparsePrefill(draft, self, _strongest, self.window)
+        else:  # exact; sliding-window layers read only their band
+            reading = windowed_prefill(draft, n)
         with QueryRecorder(draft, last=self.window) as recorder:
             with reading:
                 out = draft(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)

@@ -1,0 +1,128 @@
+"""The windowed pre-fill: sliding-window layers read only their band, with the same outputs."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import pytest
+import torch
+from helpers import random_ids, tiny_config, tiny_model
+from transformers import AutoModelForCausalLM
+
+import draftwise.windowed
+from draftwise import SpecPC
+from draftwise.windowed import WindowedPrefill, sliding_window, windowed_prefill
+
+WINDOW = 16
+
+
+def sliding_model(arch: str, attn: str) -> torch.nn.Module:
+    """A tiny model of ``arch`` whose layers (some or all) slide over ``WINDOW`` keys."""
+    if arch == "gemma3_text":
+        return tiny_model(arch, attn=attn)  # sliding and full layers, window 16
+    config = tiny_config(arch)
+    config.sliding_window = WINDOW
+    if arch == "qwen2":  # the first layer full, the others sliding
+        config.use_sliding_window, config.max_window_layers = True, 1
+        config.layer_types = ["full_attention"] + ["sliding_attention"] * (config.num_hidden_layers - 1)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and "norm" not in name:
+                param.normal_(0, 0.25)
+    return model.eval()
+
+
+class KeyCounter:
+    """Records how many keys each call of the band's attention function read."""
+
+    def __init__(self, override: WindowedPrefill) -> None:
+        self.keys: list[int] = []
+        inner = override.inner
+
+        def counted(module):
+            function = inner(module)
+
+            def call(module, query, key, *args, **kwargs):
+                self.keys.append(key.shape[2])
+                return function(module, query, key, *args, **kwargs)
+
+            return call
+
+        override.inner = counted
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("arch", ["gemma3_text", "mistral", "qwen2"])
+def test_the_band_gives_the_dense_outputs(arch, attn):
+    model = sliding_model(arch, attn)
+    assert sliding_window(model) == WINDOW
+    ids = torch.tensor([random_ids(70, seed=1)])
+    with torch.no_grad():
+        dense = model(input_ids=ids).logits
+        override = WindowedPrefill(model, block=8)
+        counter = KeyCounter(override)
+        with override:
+            banded = model(input_ids=ids).logits
+    torch.testing.assert_close(banded, dense, atol=1e-5, rtol=1e-5)
+    # the sliding layers read 8 queries' band at a time (at most 8 + 15 keys), never the whole prompt
+    assert max(counter.keys) == 70 or arch == "mistral"  # full layers (Mistral has none) read all
+    assert min(counter.keys) <= 8 + WINDOW - 1
+    assert sum(k <= 8 + WINDOW - 1 for k in counter.keys) >= 9
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_padding_stays_hidden(attn):
+    """A left-padded batch: the band slices transformers' own mask, padding included."""
+    model = sliding_model("gemma3_text", attn)
+    ids = torch.tensor([random_ids(60, seed=2), random_ids(60, seed=3)])
+    mask = torch.ones_like(ids)
+    mask[1, :13] = 0
+    with torch.no_grad():
+        dense = model(input_ids=ids, attention_mask=mask).logits
+        with WindowedPrefill(model, block=8):
+            banded = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(banded[0], dense[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(banded[1, 13:], dense[1, 13:], atol=1e-5, rtol=1e-5)
+
+
+def test_only_where_it_was_measured(monkeypatch):
+    gemma = sliding_model("gemma3_text", "sdpa")
+    monkeypatch.setattr(draftwise.windowed, "WINDOWED_FROM", {"cpu": 40})
+    assert isinstance(windowed_prefill(gemma, 40), WindowedPrefill)
+    assert isinstance(windowed_prefill(gemma, 39), nullcontext)  # too short
+    assert isinstance(windowed_prefill(tiny_model("llama", attn="sdpa"), 400), nullcontext)  # nothing slides
+    monkeypatch.setattr(draftwise.windowed, "WINDOWED_FROM", {})
+    assert isinstance(windowed_prefill(gemma, 400), nullcontext)  # a device not measured
+
+
+def test_flash_attention_is_refused():
+    model = sliding_model("gemma3_text", "sdpa")
+    model.config._attn_implementation = "flash_attention_2"  # what __enter__ reads; nothing runs
+    with pytest.raises(ValueError, match="windowed pre-fill need 'eager' or 'sdpa'"):
+        WindowedPrefill(model).__enter__()
+    model.config._attn_implementation = "sdpa"
+
+
+def test_specpc_draft_reads_through_the_band(monkeypatch):
+    """SpecPC's draft pass takes the band from WINDOWED_FROM on, with the same scores and lookahead."""
+    draft = sliding_model("gemma3_text", "sdpa")
+    method = SpecPC(budget=32, window=8, kernel=4, neighbourhood=4, first_layer=0, lookahead=3)
+    ids = torch.tensor([random_ids(120, seed=4)])
+    entered = []
+    original = WindowedPrefill.__enter__
+
+    def spy(self):
+        entered.append(self)
+        return original(self)
+
+    monkeypatch.setattr(WindowedPrefill, "__enter__", spy)
+    monkeypatch.setattr(draftwise.windowed, "WINDOWED_FROM", {})
+    dense_scores, dense_lookahead = method.token_scores(draft, ids)
+    assert not entered
+    monkeypatch.setattr(draftwise.windowed, "WINDOWED_FROM", {"cpu": 64})
+    scores, lookahead = method.token_scores(draft, ids)
+    assert len(entered) == 1
+    torch.testing.assert_close(scores, dense_scores, atol=1e-5, rtol=1e-4)
+    assert torch.equal(lookahead, dense_lookahead)
