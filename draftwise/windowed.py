@@ -21,7 +21,7 @@ from draftwise.attention import WrappingOverride, attention_modules
 WINDOWED_ATTENTION = "draftwise_windowed"
 BLOCK = 1024  # queries per block: each block reads at most BLOCK + w - 1 keys
 # Prompt length from which a pre-fill goes through the band, per device type: measured with
-# benchmarks/windowed.py (CPU); not measured on CUDA, so never there.
+# benchmarks/windowed.py (CPU, docs/results/windowed.md); not measured on CUDA, so never there.
 WINDOWED_FROM = {"cpu": 2048}
 
 
@@ -82,18 +82,21 @@ class WindowedPrefill(WrappingOverride):
         return torch.cat(outputs, dim=1), None
 
 
+def may_window(model: nn.Module) -> bool:
+    """Whether some pre-fill of ``model`` may switch its attention to :class:`WindowedPrefill` (for
+    every thread using the model: threads sharing it must not overlap such a pass). Asked while
+    another thread's pass holds the switch, it still answers for the model itself."""
+    return torch.device(model.device).type in WINDOWED_FROM and sliding_window(model) is not None
+
+
 def windowed_prefill(model: nn.Module, length: int) -> AbstractContextManager:
     """:class:`WindowedPrefill` for a pre-fill of ``length`` tokens where it was measured faster (a
     model with a sliding window, eager or SDPA attention, a device in :data:`WINDOWED_FROM`, a prompt
     that long); otherwise a context that changes nothing."""
-    start = WINDOWED_FROM.get(torch.device(model.device).type)
-    window = sliding_window(model)
     if (
-        start is None
-        or length < start
-        or window is None
-        or length <= window
+        not may_window(model)
+        or length < WINDOWED_FROM[torch.device(model.device).type]
         or model.config._attn_implementation not in ("eager", "sdpa")
     ):
         return nullcontext()
-    return WindowedPrefill(model)
+    return WindowedPrefill(model) if length > sliding_window(model) else nullcontext()

@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover
     httpx = pytest.importorskip("httpx")
 
 import draftwise.serve.upstream  # noqa: E402
+import draftwise.windowed  # noqa: E402
 from draftwise.methods import SpecPC  # noqa: E402
 from draftwise.serve import add_serve_arguments, create_app  # noqa: E402
 from draftwise.text_compression import compress_text  # noqa: E402
@@ -351,3 +352,36 @@ def test_a_sparse_compression_has_the_draft_to_itself(models, upstream, monkeypa
     assert len(texts) == 6 and all(text == alone[sparse_on].text for sparse_on, text in texts)
     assert any(len(seen) > 1 for seen in overlaps), "plain compressions run at once"
     assert all(len(seen) == 1 for seen in overlaps if True in seen), "a sparse one runs alone"
+
+
+def test_a_windowed_compression_has_the_draft_to_itself(upstream, monkeypatch):
+    """A draft with sliding-window layers pre-fills through the windowed override (an attention switch
+    for every thread): four plain SpecPC requests at once never overlap on it, and each gives the text
+    it gives alone. (Overlapping, another thread's layer can meet the switch half undone: an error.)"""
+    monkeypatch.setattr(draftwise.windowed, "WINDOWED_FROM", {"cpu": 64})
+    tokenizer = tiny_tokenizer()
+    draft = tiny_model("gemma3_text", seed=1, attn="sdpa")  # sliding window 16
+    alone = compress_text(draft, tokenizer, PROMPT, SpecPC(budget=40, window=8)).text
+    draft.register_forward_pre_hook(lambda module, args: time.sleep(0.05))
+    running_now, overlaps, texts = [], [], []
+    plain_compress = draftwise.serve.upstream.compress_text
+
+    def recorded(*args):
+        running_now.append(1)
+        overlaps.append(len(running_now))
+        try:
+            out = plain_compress(*args)
+        finally:
+            running_now.pop()
+        texts.append(out.text)
+        return out
+
+    monkeypatch.setattr(draftwise.serve.upstream, "compress_text", recorded)
+    app = create_app(None, draft, tokenizer, upstream=f"{upstream}/v1", max_concurrency=4)
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 2, "draftwise": SPECPC}
+    with running(app) as base, ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: httpx.post(base + TEXT, json=body, timeout=60), range(4)))
+    assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+    assert overlaps == [1] * 4
+    assert draft.config._attn_implementation == "sdpa"
+    assert texts == [alone] * 4

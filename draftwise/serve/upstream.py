@@ -42,6 +42,7 @@ from draftwise.serve.schemas import ChatCompletionRequest, CompletionRequest, ch
 from draftwise.serve.settings import ServerSettings
 from draftwise.serve.watch import CLIENT_CLOSED, ClientGone, ClientWatch
 from draftwise.text_compression import compress_text
+from draftwise.windowed import may_window
 
 try:  # the name httpx is published under in some environments (openai 3.x uses it)
     import httpx2 as httpx
@@ -139,12 +140,13 @@ def _compress(
 ) -> tuple[str, Counts]:
     """Compress ``text`` (in a worker thread), checked first against the draft's context and the memory
     limit; a method that keeps the whole prompt (``full``) only counts its tokens. The draft runs
-    under ``draft_use``: alone when the method swaps its attention (SpecPC's sparse pre-fill)."""
+    under ``draft_use``: alone when its pass swaps the draft's attention (SpecPC's sparse pre-fill; the
+    windowed pre-fill of a draft with sliding-window layers)."""
     if method.prompt_stage() is None or not text.strip():
         n = len(tokenizer(text, add_special_tokens=False).input_ids) if text else 0
         return text, Counts(n, n)
     try:
-        with draft_use.use(alone=method.swaps_attention):
+        with draft_use.use(alone=method.swaps_attention or may_window(draft)):
             out = compress_text(draft, tokenizer, text, method, max_bytes)
     except TooLarge as error:
         raise _bad(str(error), param, code="request_too_large") from None
