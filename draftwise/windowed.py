@@ -5,7 +5,9 @@ attention with a full ``[n, n]`` mask, so a pre-fill of ``n`` tokens computes ev
 although each query sees only its last ``w`` keys. :class:`WindowedPrefill` runs such a layer over
 blocks of queries, each reading only the keys its band reaches, through the same attention function
 and the same mask (sliced): O(n·(w + block)) instead of O(n²), the same attention within float
-rounding, padding included. Full-attention layers run as before.
+rounding at every real position of a padded batch too (a padding position, every key hidden, reads
+another set of keys than the dense pass does: nothing reads it). Full-attention layers, and a
+bidirectional window, run as before.
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ class WindowedPrefill(WrappingOverride):
     implementation = WINDOWED_ATTENTION
     purpose = "the windowed pre-fill"
 
-    def __init__(self, model: nn.Module, block: int = BLOCK) -> None:
+    def __init__(self, model: nn.Module, block: int | None = None) -> None:
         super().__init__(model)
-        self.block = block
+        self.block = block or BLOCK
 
     def __enter__(self) -> WindowedPrefill:
         # one name per wrapped implementation, so that transformers builds the masks that one takes
@@ -62,7 +64,15 @@ class WindowedPrefill(WrappingOverride):
         ``[B, 1 or H, T, >= K]``. Returns ``([B, T, H, d], None)``."""
         inner = self.inner(module)
         queries, n_keys = query.shape[2], key.shape[2]
-        if not sliding_window or attention_mask is None or n_keys <= self.block + sliding_window:
+        banded = (
+            sliding_window
+            and n_keys > self.block + sliding_window
+            and getattr(module, "is_causal", True)  # a bidirectional window reaches later keys
+            and attention_mask is not None  # transformers' own mask: one row per query, a column per key
+            and attention_mask.shape[-2] == queries
+            and attention_mask.shape[-1] >= n_keys
+        )
+        if not banded:
             return inner(module, query, key, value, attention_mask, sliding_window=sliding_window, **kwargs)
         start = n_keys - queries
         outputs = []
