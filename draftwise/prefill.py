@@ -20,6 +20,7 @@ from draftwise.cache import (
 from draftwise.decoding import Sampler
 from draftwise.methods.base import KVMethod
 from draftwise.sparse import SparsePrefill
+from draftwise.windowed import windowed_prefill
 
 if TYPE_CHECKING:
     from draftwise.methods.speckv import SpecKV
@@ -54,10 +55,12 @@ class Observed:
 
 @torch.no_grad()
 def observe(target: nn.Module, input_ids: torch.Tensor, queries: int) -> Observed:
-    """Pre-fill ``input_ids`` ``[1, n]``, recording the queries of its last ``queries`` positions."""
+    """Pre-fill ``input_ids`` ``[1, n]``, recording the queries of its last ``queries`` positions
+    (sliding-window layers over their band only where that was measured faster:
+    :mod:`draftwise.windowed`)."""
     input_ids = input_ids.to(target.device)
     cache = DynamicCache(config=target.config)
-    with QueryRecorder(target, last=queries) as recorder:
+    with QueryRecorder(target, last=queries) as recorder, windowed_prefill(target, input_ids.shape[1]):
         out = target(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     recorded = {m.layer_idx: recorder.queries(m.layer_idx) for m in recorder.modules} if queries else {}
     return Observed(cache, out.logits[:, -1], recorded, input_ids.shape[1])

@@ -173,3 +173,27 @@ def test_a_mask_that_is_not_one_row_per_query_passes_through():
         out, _ = override.attention(module, query, key, key, mask, scaling=0.25, sliding_window=WINDOW)
         plain, _ = override.inner(module)(module, query, key, key, mask, scaling=0.25)
     torch.testing.assert_close(out, plain)
+
+
+@pytest.mark.parametrize("name", ["full", "snapkv", "speckv"])
+def test_the_targets_prefill_reads_through_the_band(name, monkeypatch, tokenizer):
+    """The target's pre-fill (Full's and every KV method's) takes the band from WINDOWED_FROM on: the
+    same greedy answer as the plain pre-fill, the band entered."""
+    from draftwise import generate
+    from draftwise.methods import build_method
+
+    target = sliding_model("gemma3_text", "sdpa")
+    draft = tiny_model("gemma3_text", seed=1, layers=2, attn="sdpa")
+    method = None if name == "full" else build_method(name, budget=40, window=8)
+    ids = random_ids(120, seed=6)
+    entered = []
+    original = WindowedPrefill.__enter__
+    monkeypatch.setattr(WindowedPrefill, "__enter__", lambda self: entered.append(self) or original(self))
+    monkeypatch.setattr(draftwise.windowed, "WINDOWED_FROM", {})
+    plain = generate(target, draft, tokenizer, ids, method=method, max_new_tokens=8)
+    assert not entered
+    monkeypatch.setattr(draftwise.windowed, "WINDOWED_FROM", {"cpu": 64})
+    monkeypatch.setattr(draftwise.windowed, "BLOCK", 8)
+    banded = generate(target, draft, tokenizer, ids, method=method, max_new_tokens=8)
+    assert any(e.model is target for e in entered)
+    assert banded.token_ids == plain.token_ids
