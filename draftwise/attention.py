@@ -191,6 +191,10 @@ class AttentionOverride:
         raise NotImplementedError
 
 
+# The attention implementations a :class:`WrappingOverride` can call (it passes them its own masks).
+WRAPPED_IMPLEMENTATIONS = ("eager", "sdpa")
+
+
 class WrappingOverride(AttentionOverride):
     """An override that calls the model's own ``eager`` or ``sdpa`` attention (:meth:`inner`) with changed
     inputs; other implementations are refused with an error naming ``purpose``."""
@@ -199,7 +203,7 @@ class WrappingOverride(AttentionOverride):
 
     def __enter__(self) -> WrappingOverride:
         implementation = self.model.config._attn_implementation
-        if implementation not in ("eager", "sdpa"):
+        if implementation not in WRAPPED_IMPLEMENTATIONS:
             raise ValueError(f"{self.purpose} need 'eager' or 'sdpa' attention, not {implementation!r}")
         super().__enter__()
         return self

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from draftwise.attention import WRAPPED_IMPLEMENTATIONS
 from draftwise.batching import BatchDecoder, Row
 from draftwise.cache import cache_bytes, full_cache_bytes, kept_per_head
 from draftwise.checks import (
@@ -450,7 +451,7 @@ def generate_batch(
     ):
         raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
     implementation = target.config._attn_implementation
-    if implementation not in ("eager", "sdpa"):
+    if implementation not in WRAPPED_IMPLEMENTATIONS:
         raise ValueError(f"batched decoding needs 'eager' or 'sdpa' attention, not {implementation!r}")
     plans, samplers, stops = [], [], []
     for i, item in enumerate(prompts):

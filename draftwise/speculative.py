@@ -29,6 +29,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from draftwise.acceptance import verified_tokens
+from draftwise.attention import WRAPPED_IMPLEMENTATIONS
 from draftwise.cache import tentative
 from draftwise.checks import check_architecture, check_context, check_method, check_same_vocabulary
 from draftwise.chunk_attention import ChunkAttention, placeholder_mask
@@ -283,7 +284,7 @@ def check_speculative(
         models.append(("draft", draft))
     for role, model in models:
         implementation = model.config._attn_implementation
-        if implementation not in ("eager", "sdpa"):
+        if implementation not in WRAPPED_IMPLEMENTATIONS:
             raise ValueError(
                 f"speculative decoding needs 'eager' or 'sdpa' attention in the {role}, "
                 f"not {implementation!r}"

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-from draftwise.attention import WrappingOverride, attention_modules
+from draftwise.attention import WRAPPED_IMPLEMENTATIONS, WrappingOverride, attention_modules
 
 WINDOWED_ATTENTION = "draftwise_windowed"
 BLOCK = 1024  # queries per block: each block reads at most BLOCK + w - 1 keys
@@ -101,12 +101,11 @@ def may_window(model: nn.Module) -> bool:
 
 def windowed_prefill(model: nn.Module, length: int) -> AbstractContextManager:
     """:class:`WindowedPrefill` for a pre-fill of ``length`` tokens where it was measured faster (a
-    model with a sliding window, eager or SDPA attention, a device in :data:`WINDOWED_FROM`, a prompt
-    that long); otherwise a context that changes nothing."""
-    if (
-        not may_window(model)
-        or length < WINDOWED_FROM[torch.device(model.device).type]
-        or model.config._attn_implementation not in ("eager", "sdpa")
-    ):
+    device in :data:`WINDOWED_FROM`, a prompt that long, eager or SDPA attention, a sliding window
+    shorter than the prompt); otherwise a context that changes nothing. The model's layers are walked
+    only once the cheap conditions hold."""
+    start = WINDOWED_FROM.get(torch.device(model.device).type)
+    if start is None or length < start or model.config._attn_implementation not in WRAPPED_IMPLEMENTATIONS:
         return nullcontext()
-    return WindowedPrefill(model) if length > sliding_window(model) else nullcontext()
+    window = sliding_window(model)
+    return WindowedPrefill(model) if window is not None and length > window else nullcontext()
