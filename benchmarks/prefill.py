@@ -26,6 +26,7 @@ from draftwise import SpecKV, load_model
 from draftwise.bench.needle import needle_case
 from draftwise.flex_sparse import flex_vertical_slash_attention
 from draftwise.generate import encode
+from draftwise.models import load_untrained
 from draftwise.options import ModelOptions, add_arguments
 from draftwise.prefill import prefill
 from draftwise.timing import machine as describe_machine
@@ -65,13 +66,19 @@ def main() -> None:
     parser.add_argument(
         "--skip", nargs="*", default=[], metavar="LENGTH:SIZE:KERNEL", help="sparse rows left out"
     )
+    parser.add_argument(
+        "--random-weights", action="store_true",
+        help="the model's config and tokenizer with random weights: its time per token, meaningless answers "
+        "(for a machine its weights cannot reach)",
+    )  # fmt: skip
     parser.add_argument("--out", help="write a Markdown report here")
     args = parser.parse_args()
+    load = load_untrained if args.random_weights else load_model
     args.skip = {(int(n), int(v), k) for n, v, k in (item.split(":") for item in args.skip)}
     compiled: dict[tuple[str, int], float] = {}  # CPU: seconds compiling the fused kernel, per row
 
     cuda = torch.device(args.device).type == "cuda"
-    target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device)
+    target, tokenizer = load(args.target, dtype=args.dtype, device=args.device)
     rows = []
     if not cuda:  # the first pre-fill of a process pays for paging the weights in: not any row's
         warm = encode(tokenizer, needle_case(tokenizer, context_tokens=1024).messages).to(args.device)
@@ -132,10 +139,15 @@ def main() -> None:
         command = " ".join(["python", *sys.argv])
         dtype = str(target.dtype).removeprefix("torch.")
         machine = describe_machine(args.device)
+        weights = (
+            ' (its architecture, random weights: the same time per token; its answers, hence "same first '
+            'token", mean nothing)'
+        ) * args.random_weights
         with open(args.out, "w") as handle:
             handle.write(
                 "# Pre-fill: dense vs SpecKV sparse pre-fill\n\n"
-                f"- Command: `{command}`\n- Target: {args.target}, {dtype}, {args.device} ({machine}).\n"
+                f"- Command: `{command}`\n"
+                f"- Target: {args.target}{weights}, {dtype}, {args.device} ({machine}).\n"
                 f"- Budget {args.budget}, {args.lookahead} lookahead tokens; median of {args.repeats} "
                 "run(s) per row, one process.\n"
                 + (

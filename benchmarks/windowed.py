@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from contextlib import nullcontext
 
 import torch
@@ -26,8 +25,10 @@ from transformers import DynamicCache
 import draftwise.windowed
 from draftwise import SpecPC, load_model
 from draftwise.bench.needle import needle_case
+from draftwise.models import load_untrained
 from draftwise.options import ModelOptions, add_arguments
 from draftwise.timing import machine as describe_machine
+from draftwise.timing import now
 from draftwise.windowed import WindowedPrefill, sliding_window
 
 
@@ -39,10 +40,16 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192])
     parser.add_argument("--budget", type=int, default=1024, help="SpecPC's prompt budget")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (median)")
+    parser.add_argument(
+        "--random-weights", action="store_true",
+        help="the model's config and tokenizer with random weights: its time per token, meaningless answers "
+        "(for a machine its weights cannot reach)",
+    )  # fmt: skip
     parser.add_argument("--out", help="write a Markdown report here")
     args = parser.parse_args()
+    load = load_untrained if args.random_weights else load_model
 
-    model, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device)
+    model, tokenizer = load(args.target, dtype=args.dtype, device=args.device)
     window = sliding_window(model)
     if window is None:
         parser.error(f"{args.target} has no sliding-window layer: nothing to compare")
@@ -70,9 +77,9 @@ def main() -> None:
                     print(f"[{ids.shape[1]}] {job}, {side} ({repeat}) ...", file=sys.stderr, flush=True)
                     context = WindowedPrefill(model) if side == "windowed" else nullcontext()
                     with torch.no_grad(), context:
-                        start = time.perf_counter()
+                        start = now()
                         answers[side] = run(ids)
-                        seconds = time.perf_counter() - start
+                        seconds = now() - start
                     if repeat:
                         timings[side].append(seconds)
             dense, windowed = (statistics.median(timings[s]) for s in ("dense", "windowed"))
@@ -94,11 +101,12 @@ def main() -> None:
     if args.out:
         command = " ".join(["python", *sys.argv])
         dtype = str(model.dtype).removeprefix("torch.")
+        weights = "; random weights: the same time per token" if args.random_weights else ""
         with open(args.out, "w") as handle:
             handle.write(
                 "# Windowed pre-fill: sliding-window layers read only their band\n\n"
                 f"- Command: `{command}`\n"
-                f"- Model: {args.target} (sliding window {window}), {dtype}, {args.device} "
+                f"- Model: {args.target} (sliding window {window}{weights}), {dtype}, {args.device} "
                 f"({describe_machine(args.device)}).\n"
                 f"- Median of {args.repeats} runs per row after a warm-up, dense and windowed alternating. "
                 "Same result: the pre-fill's next token; for SpecPC, the share of its kept tokens both sides "

@@ -57,14 +57,34 @@ def tiny_config(arch: str, layers: int = 3, vocab: int = VOCAB):
 
 
 def tiny_model(arch: str, seed: int = 0, attn: str = "eager", layers: int = 3, vocab: int = VOCAB):
+    return peaked(tiny_config(arch, layers, vocab), attn, seed)
+
+
+def peaked(config, attn: str, seed: int = 0):
+    """A model of ``config`` whose weights, larger than the default init, give peaked, non-uniform
+    attention, so scores differ."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, layers, vocab), attn_implementation=attn)
-    # Larger weights than the default init give peaked, non-uniform attention, so scores differ.
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.dim() == 2 and "norm" not in name:
                 param.normal_(0, 0.25)
     return model.eval()
+
+
+WINDOW = 16  # the sliding window of sliding_model
+
+
+def sliding_model(arch: str, attn: str = "sdpa") -> torch.nn.Module:
+    """A tiny model of ``arch`` whose layers (some or all) slide over ``WINDOW`` keys."""
+    if arch == "gemma3_text":
+        return tiny_model(arch, attn=attn)  # sliding and full layers, window 16
+    config = tiny_config(arch)
+    config.sliding_window = WINDOW
+    if arch == "qwen2":  # the first layer full, the others sliding
+        config.use_sliding_window, config.max_window_layers = True, 1
+        config.layer_types = ["full_attention"] + ["sliding_attention"] * (config.num_hidden_layers - 1)
+    return peaked(config, attn)
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:

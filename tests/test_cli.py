@@ -152,3 +152,18 @@ def test_demo_prints_full_and_speckv_side_by_side(model_dirs, capsys):
     out = capsys.readouterr().out
     assert "Needle-in-a-haystack" in out
     assert "full" in out and "speckv (budget 48)" in out and "needle found" in out
+
+
+def test_an_untrained_model_has_the_architecture_and_random_weights(model_dirs):
+    from draftwise.models import load_model, load_untrained
+
+    trained, _ = load_model(model_dirs["target"], dtype="float32")
+    model, tokenizer = load_untrained(model_dirs["target"], dtype="bfloat16", seed=3)
+    assert not model.training and model.dtype == torch.bfloat16
+    assert model.config.to_dict() | {"dtype": None} == trained.config.to_dict() | {"dtype": None}
+    shapes = {name: p.shape for name, p in trained.named_parameters()}
+    assert {name: p.shape for name, p in model.named_parameters()} == shapes
+    weight = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(model.get_parameter(weight).float(), trained.get_parameter(weight))
+    again, _ = load_untrained(model_dirs["target"], dtype="bfloat16", seed=3)
+    assert torch.equal(again.get_parameter(weight), model.get_parameter(weight))

@@ -6,32 +6,12 @@ from contextlib import nullcontext
 
 import pytest
 import torch
-from helpers import random_ids, tiny_config, tiny_model
-from transformers import AutoModelForCausalLM, DynamicCache
+from helpers import WINDOW, random_ids, sliding_model, tiny_model
+from transformers import DynamicCache
 
 import draftwise.windowed
 from draftwise import SpecPC
 from draftwise.windowed import WindowedPrefill, sliding_window, windowed_prefill
-
-WINDOW = 16
-
-
-def sliding_model(arch: str, attn: str) -> torch.nn.Module:
-    """A tiny model of ``arch`` whose layers (some or all) slide over ``WINDOW`` keys."""
-    if arch == "gemma3_text":
-        return tiny_model(arch, attn=attn)  # sliding and full layers, window 16
-    config = tiny_config(arch)
-    config.sliding_window = WINDOW
-    if arch == "qwen2":  # the first layer full, the others sliding
-        config.use_sliding_window, config.max_window_layers = True, 1
-        config.layer_types = ["full_attention"] + ["sliding_attention"] * (config.num_hidden_layers - 1)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 2 and "norm" not in name:
-                param.normal_(0, 0.25)
-    return model.eval()
 
 
 class KeyCounter:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from draftwise.models.dtype import DTYPES, as_dtype, cpu_has_native_bf16, default_dtype
 from draftwise.models.files import cache_dir, gguf_path, install
@@ -37,6 +37,7 @@ __all__ = [
     "embedded",
     "gguf_path",
     "install",
+    "load_untrained",
     "load_default_pair",
     "load_model",
     "resolve",
@@ -80,6 +81,32 @@ def load_model(
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return model, tokenizer
+
+
+def load_untrained(
+    spec: str,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
+    seed: int = 0,
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """``spec``'s architecture (its config) and tokenizer with random weights, in eval mode.
+
+    The same shapes, hence the same time and memory per token, as the trained model, whose weights never
+    have to be read: for timing on a machine they cannot reach (a lent GPU). Its answers mean nothing.
+    ``spec`` as :func:`load_model` takes it (a directory needs only ``config.json`` and the tokenizer).
+    """
+    dtype = as_dtype(dtype, device)
+    source = resolve(spec) if spec in EMBEDDED or spec.endswith(".gguf") else spec
+    config = AutoConfig.from_pretrained(source)
+    kwargs = {"dtype": dtype}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, **kwargs).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
     return model, tokenizer
 
