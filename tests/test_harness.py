@@ -17,6 +17,7 @@ from draftwise.bench.summary import summarize, summary_markdown
 from draftwise.cli import main
 from draftwise.methods import AdaKV, Full, SnapKV, SpecKVPC, SpecPC
 from draftwise.models import resolve
+from draftwise.timing import machine
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,7 @@ def test_run_resumes_where_it_stopped_and_summarizes(qwen_tokenizer, tmp_path):
     for r in records:
         assert 0 <= r["score"] <= 1 and r["new_tokens"] <= 4
         assert (r["dtype"], r["device"]) == (str(target.dtype).removeprefix("torch."), "cpu")
+        assert r["machine"] == machine("cpu")
         if r["label"] == "snapkv@64":
             assert r["kv_pairs_kept"] == 64
 

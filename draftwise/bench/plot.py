@@ -86,7 +86,7 @@ def _plot_retained_vs_length(plt, records: list[dict], out_dir: Path) -> Path:
     ax.set_xticks(sorted({n for points in curves.values() for n in points}))
     ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda n, _: f"{n / 1024:g}k"))
     ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel(f"RULER accuracy retained vs Full ({samples} samples per length)")
+    ax.set_ylabel(f"RULER accuracy retained vs Full\n({samples} samples per length)")
     return _save_line_plot(plt, fig, ax, out_dir / "retained_vs_length.png")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from draftwise.bench import ruler
 from draftwise.generate import GenerationResult
 from draftwise.methods import Method
+from draftwise.timing import machine
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -60,4 +61,5 @@ def make_record(
         "peak_rss_mib": peak_rss_mib(),
         "dtype": str(target.dtype).removeprefix("torch."),
         "device": str(target.device),
+        "machine": machine(target.device),  # seconds compare only between records of one machine
     }
