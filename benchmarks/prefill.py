@@ -23,9 +23,8 @@ import time
 import torch
 
 from draftwise import SpecKV, load_model
-from draftwise.bench.needle import needle_case
+from draftwise.bench.needle import needle_ids
 from draftwise.flex_sparse import flex_vertical_slash_attention
-from draftwise.generate import encode
 from draftwise.models import load_untrained
 from draftwise.options import ModelOptions, add_arguments
 from draftwise.prefill import prefill
@@ -81,10 +80,10 @@ def main() -> None:
     target, tokenizer = load(args.target, dtype=args.dtype, device=args.device)
     rows = []
     if not cuda:  # the first pre-fill of a process pays for paging the weights in: not any row's
-        warm = encode(tokenizer, needle_case(tokenizer, context_tokens=1024).messages).to(args.device)
+        warm = needle_ids(tokenizer, 1024).to(args.device)
         prefill(target, warm, SpecKV(budget=args.budget, sparse_prefill=False))
     for length in args.lengths:
-        ids = encode(tokenizer, needle_case(tokenizer, context_tokens=length).messages).to(args.device)
+        ids = needle_ids(tokenizer, length).to(args.device)
         guess = torch.randint(0, 1000, (1, args.lookahead), generator=torch.Generator().manual_seed(0))
         guess = guess.to(args.device)
         configs = [("dense pre-fill + SpecKV pruning", SpecKV(budget=args.budget, sparse_prefill=False))]

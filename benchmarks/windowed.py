@@ -24,7 +24,7 @@ from transformers import DynamicCache
 
 import draftwise.windowed
 from draftwise import SpecPC, load_model
-from draftwise.bench.needle import needle_case
+from draftwise.bench.needle import needle_ids
 from draftwise.models import load_untrained
 from draftwise.options import ModelOptions, add_arguments
 from draftwise.timing import machine as describe_machine
@@ -67,8 +67,7 @@ def main() -> None:
 
     rows = []
     for length in args.lengths:
-        text = "\n".join(m["content"] for m in needle_case(tokenizer, context_tokens=length).messages)
-        ids = tokenizer(text, return_tensors="pt").input_ids.to(args.device)  # any model: no chat template
+        ids = needle_ids(tokenizer, length).to(args.device)
         for job, run in (("pre-fill", prefill), (f"SpecPC@{args.budget} draft pass", draft_pass)):
             timings = {"dense": [], "windowed": []}
             answers = {}

