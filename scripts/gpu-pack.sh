@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs what scripts/gpu-check.sh needs on a lent GPU machine that reaches no network, into .gpu/ (ignored
 # by git; name it in the device run's `carry`, at most 64 MiB). Run here, after scripts/setup.sh. About 25 MiB:
-# - wheels of the pinned packages that machine's image lacks or holds in another version (transformers);
+# - wheels of the pinned packages that machine's image lacks or holds in another version ($PACKAGES);
 # - the timed models' config and tokenizer, without weights (the benchmarks time them with random
 #   weights), as models.tar.gz (Gemma 3's tokenizer.json alone is 33 MB);
 # - the haystack text (Paul Graham's essays) as a minimal `long_context_eval` package.
@@ -11,9 +11,11 @@ PY=.venv/bin/python
 rm -rf .gpu && mkdir -p .gpu/wheels .gpu/site
 models=$(mktemp -d)
 version() { grep -i "^$1==" requirements.lock | cut -d= -f3; }
+# what `import draftwise` and pytest need beyond the image's torch, triton, tokenizers and hub
+PACKAGES="transformers accelerate psutil pytest pluggy iniconfig"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any \
-    -d .gpu/wheels "transformers==$(version transformers)"
+    -d .gpu/wheels $(for package in $PACKAGES; do echo "$package==$(version "$package")"; done)
 for name in qwen2.5-coder-1.5b-instruct gemma-3-270m; do
     source=$($PY -c "import sys; from draftwise.models import resolve; print(resolve(sys.argv[1]))" "$name")
     mkdir -p "$models/$name"
