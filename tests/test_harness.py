@@ -93,10 +93,33 @@ def test_run_resumes_where_it_stopped_and_summarizes(qwen_tokenizer, tmp_path):
     assert summary["cost"]["specpc@256"]["samples"] == 2
     table = summary_markdown(summary)
     assert "| full |" in table and "retained vs full" in table
+    assert "machines" not in table  # one machine: nothing to warn of
 
     paths = plot_results(out, tmp_path / "plots")
     assert [p.name for p in paths] == ["accuracy_vs_budget.png", "accuracy_per_task.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_the_summary_gives_the_median_time_and_warns_of_mixed_machines():
+    """One slow answer (a paused run) moves the mean, not the median; seconds from two machines are
+    flagged, naming both."""
+
+    def record(index, seconds, machine):
+        return {
+            "task": "niah_single_1", "length": 1024, "index": index, "label": "full", "score": 1.0,
+            "prediction": "x", "kv_fraction": 1.0, "kv_bytes": 10, "draft_seconds": 0.0,
+            "prefill_seconds": seconds, "decode_seconds": 0.0, "total_seconds": seconds,
+            "peak_rss_mib": 1.0, "machine": machine,
+        }  # fmt: skip
+
+    records = [record(0, 10.0, "cpu A"), record(1, 12.0, "cpu A"), record(2, 500.0, "cpu B")]
+    summary = summarize(records)
+    assert summary["cost"]["full"]["total_seconds_median"] == 12.0
+    assert summary["cost"]["full"]["total_seconds"] == 174.0
+    table = summary_markdown(summary)
+    assert "| 174.0 | 12.0 |" in table
+    assert "come from 2 machines" in table and "- cpu A" in table and "- cpu B" in table
+    assert "machines" not in summary_markdown(summarize(records[:2]))
 
 
 def test_summary_and_plot_commands(tmp_path, capsys):

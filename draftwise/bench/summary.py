@@ -9,7 +9,8 @@ from draftwise.bench import ruler
 
 
 def summarize(records: list[dict]) -> dict:
-    """Accuracy per (label, task) and overall, retained vs Full, mean KV fraction and stage seconds."""
+    """Accuracy per (label, task) and overall, retained vs Full, mean KV fraction and stage seconds (and
+    the median total), and the machines the seconds come from."""
     by = defaultdict(list)
     for r in records:
         by[r["label"], r["task"]].append(r)
@@ -26,6 +27,8 @@ def summarize(records: list[dict]) -> dict:
         "overall": {},
         "retained": {},
         "cost": {},
+        # what the seconds were measured on (records before the field: None)
+        "machines": sorted({r.get("machine") or "unrecorded" for r in records}),
     }
     full = accuracy.get("full", {})
     full_answers = {
@@ -49,6 +52,10 @@ def summarize(records: list[dict]) -> dict:
             "total_seconds",
         )
         summary["cost"][label] = {key: _mean([r.get(key) for r in rows]) for key in keys}
+        # robust to the odd answer slowed by a shared or paused machine
+        summary["cost"][label]["total_seconds_median"] = _mean(
+            [r.get("total_seconds") for r in rows], median=True
+        )
         summary["cost"][label]["peak_rss_mib"] = max(r["peak_rss_mib"] for r in rows)
         summary["cost"][label]["samples"] = len(rows)
         paired = [r for r in rows if (r["task"], r["length"], r["index"]) in full_answers]
@@ -61,10 +68,12 @@ def summarize(records: list[dict]) -> dict:
     return summary
 
 
-def _mean(values: list) -> float | None:
-    """Mean of the measured values (``None`` marks a quantity a record did not measure)."""
+def _mean(values: list, median: bool = False) -> float | None:
+    """Mean (or median) of the measured values (``None`` marks a quantity a record did not measure)."""
     measured = [v for v in values if v is not None]
-    return statistics.mean(measured) if measured else None
+    if not measured:
+        return None
+    return statistics.median(measured) if median else statistics.mean(measured)
 
 
 def _cell(value: float | None, spec: str, scale: float = 1.0) -> str:
@@ -86,8 +95,8 @@ def summary_markdown(summary: dict) -> str:
     lines += [
         "",
         "| method | answers | retained vs full | answer = full's | KV kept | draft s | pre-fill s | decode s "
-        "| total s | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| total s | median total s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label in labels:
         c = summary["cost"][label]
@@ -101,7 +110,15 @@ def summary_markdown(summary: dict) -> str:
                 _cell(c[k], ".1f")
                 for k in ("draft_seconds", "prefill_seconds", "decode_seconds", "total_seconds")
             ),
+            _cell(c["total_seconds_median"], ".1f"),
             _cell(c["peak_rss_mib"], ".0f"),
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    machines = summary["machines"]
+    if len(machines) > 1:
+        lines += [
+            "",
+            f"Seconds (means per answer) come from {len(machines)} machines: compare them within one.",
+        ]
+        lines += [f"- {machine}" for machine in machines]
     return "\n".join(lines) + "\n"
