@@ -8,7 +8,7 @@ Random weights prove invariants (exactness, positions, budgets), never quality.
 from __future__ import annotations
 
 import os
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -159,8 +159,6 @@ def keeping_everything(n: int, window: int = 8) -> list:
     PyramidKV's budget is raised until its smallest layer keeps ``n`` (``(C - w) / beta >= n - w``);
     the sparse pre-fill's verticals cover every key before the window and its band the window and
     lookahead (attention then hides nothing)."""
-    from dataclasses import replace
-
     from draftwise import PyramidKV, SpecKV
 
     out = []
@@ -214,3 +212,17 @@ def mixed_requests() -> list:
             GenerationRequest(random_ids(n, seed=i), method=method, max_new_tokens=3 + (i * 7) % 30)
         )
     return requests
+
+
+def assert_fused_prefill_is_reference(target, ids, guess, method, tolerance: float) -> None:
+    """SpecKV's whole sparse pre-fill with ``method`` (its fused kernel) gives the reference kernel's
+    logits and cache keys within ``tolerance``, and exactly its kept positions."""
+    from draftwise.prefill import prefill_sparse
+
+    fused = prefill_sparse(target, ids, method, guess)
+    reference = prefill_sparse(target, ids, replace(method, sparse_kernel="reference"), guess)
+    torch.testing.assert_close(fused.logits, reference.logits, rtol=tolerance, atol=tolerance)
+    for mine, theirs in zip(fused.cache.layers, reference.cache.layers, strict=True):
+        torch.testing.assert_close(mine.keys, theirs.keys, rtol=tolerance, atol=tolerance)
+        if hasattr(theirs, "positions"):
+            assert torch.equal(mine.positions, theirs.positions)

@@ -6,12 +6,12 @@ Skipped on machines without CUDA (CI here has none); run on a GPU machine with `
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import replace
 
 import pytest
 import torch
 from helpers import (
     ARCHITECTURES,
+    assert_fused_prefill_is_reference,
     forced,
     keeping_everything,
     random_ids,
@@ -23,7 +23,7 @@ from helpers import (
 from draftwise import AdaKV, Full, SpecKV, generate
 from draftwise.cache import prunable_layers
 from draftwise.flex_sparse import flex_vertical_slash_attention, fused_available
-from draftwise.prefill import prefill, prefill_sparse
+from draftwise.prefill import prefill
 from draftwise.sparse import vertical_slash_attention
 from draftwise.windowed import WindowedPrefill
 
@@ -100,13 +100,7 @@ def test_the_fused_sparse_prefill_on_cuda_is_the_reference_one(arch, attn):
     ids = torch.tensor([random_ids(300)], device="cuda")
     guess = torch.tensor([random_ids(6, seed=3)], device="cuda")
     method = SpecKV(budget=64, window=8, sparse_prefill=True, vertical=32, slash=64, sparse_kernel="flex")
-    fused = prefill_sparse(target, ids, method, guess)
-    reference = prefill_sparse(target, ids, replace(method, sparse_kernel="reference"), guess)
-    torch.testing.assert_close(fused.logits, reference.logits, rtol=1e-3, atol=1e-3)
-    for mine, theirs in zip(fused.cache.layers, reference.cache.layers, strict=True):
-        torch.testing.assert_close(mine.keys, theirs.keys, rtol=1e-3, atol=1e-3)
-        if hasattr(theirs, "positions"):
-            assert torch.equal(mine.positions, theirs.positions)
+    assert_fused_prefill_is_reference(target, ids, guess, method, tolerance=1e-3)
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])

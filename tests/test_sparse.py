@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
-from helpers import ARCHITECTURES, random_ids, tiny_model
+from helpers import ARCHITECTURES, assert_fused_prefill_is_reference, random_ids, tiny_model
 
 import draftwise.flex_sparse
 import draftwise.methods.base
@@ -341,13 +339,7 @@ def test_the_fused_sparse_prefill_is_the_reference_one(arch, attn):
     ids = torch.tensor([random_ids(70)])
     guess = torch.tensor([random_ids(6, seed=3)])
     method = SpecKV(budget=24, window=8, sparse_prefill=True, vertical=8, slash=16, sparse_kernel="flex")
-    fused = prefill_sparse(target, ids, method, guess)
-    reference = prefill_sparse(target, ids, replace(method, sparse_kernel="reference"), guess)
-    torch.testing.assert_close(fused.logits, reference.logits, rtol=1e-4, atol=1e-4)
-    for mine, theirs in zip(fused.cache.layers, reference.cache.layers, strict=True):
-        torch.testing.assert_close(mine.keys, theirs.keys, rtol=1e-4, atol=1e-4)
-        if hasattr(theirs, "positions"):
-            assert torch.equal(mine.positions, theirs.positions)
+    assert_fused_prefill_is_reference(target, ids, guess, method, tolerance=1e-4)
 
 
 # SpecPC's draft reads the prompt through the same sparse pass.
@@ -443,3 +435,32 @@ def test_past_the_recompile_limit_the_plain_implementation_answers(monkeypatch):
         expected = vertical_slash_attention(q, k, v, chosen, 64, 0.25, None)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert plain, "a shape past the limit ran the plain implementation"
+
+
+@needs_compiler
+@pytest.mark.parametrize("kernel", ["flex", "reference"])
+def test_the_kernel_setting_picks_the_kernel_and_sliding_layers_keep_the_plain_loop(kernel, monkeypatch):
+    """``sparse_kernel="flex"`` runs Gemma 3's full layers on the fused kernel and its sliding layers on
+    the plain loop (measured faster there); ``"reference"`` never runs the fused kernel."""
+    calls = []
+
+    def spy(name, function):
+        def called(query, key, value, verticals, band, *args):
+            calls.append((name, band))
+            return function(query, key, value, verticals, band, *args)
+
+        monkeypatch.setattr(draftwise.sparse, name, called)
+
+    spy("fused_attention", draftwise.sparse.fused_attention)
+    spy("vertical_slash_attention", draftwise.sparse.vertical_slash_attention)
+    target = tiny_model("gemma3_text")
+    method = SpecKV(budget=24, window=8, sparse_prefill=True, vertical=8, slash=24, sparse_kernel=kernel)
+    prefill_sparse(target, torch.tensor([random_ids(70)]), method, torch.tensor([random_ids(6, seed=3)]))
+    window = target.config.sliding_window
+    full_layers = target.config.layer_types.count("full_attention")
+    sliding_layers = len(target.config.layer_types) - full_layers
+    assert full_layers and sliding_layers and window != method.slash
+    full_kernel = "fused_attention" if kernel == "flex" else "vertical_slash_attention"
+    assert calls.count((full_kernel, method.slash)) == full_layers
+    assert calls.count(("vertical_slash_attention", window)) == sliding_layers
+    assert len(calls) == full_layers + sliding_layers

@@ -51,10 +51,10 @@ def summarize(records: list[dict]) -> dict:
             "decode_seconds",
             "total_seconds",
         )
-        summary["cost"][label] = {key: _mean([r.get(key) for r in rows]) for key in keys}
+        summary["cost"][label] = {key: _average([r.get(key) for r in rows]) for key in keys}
         # robust to the odd answer slowed by a shared or paused machine
-        summary["cost"][label]["total_seconds_median"] = _mean(
-            [r.get("total_seconds") for r in rows], median=True
+        summary["cost"][label]["total_seconds_median"] = _average(
+            [r.get("total_seconds") for r in rows], statistics.median
         )
         summary["cost"][label]["peak_rss_mib"] = max(r["peak_rss_mib"] for r in rows)
         summary["cost"][label]["samples"] = len(rows)
@@ -68,12 +68,11 @@ def summarize(records: list[dict]) -> dict:
     return summary
 
 
-def _mean(values: list, median: bool = False) -> float | None:
-    """Mean (or median) of the measured values (``None`` marks a quantity a record did not measure)."""
+def _average(values: list, statistic=statistics.mean) -> float | None:
+    """``statistic`` (the mean, or the median) of the measured values (``None`` marks a quantity a
+    record did not measure)."""
     measured = [v for v in values if v is not None]
-    if not measured:
-        return None
-    return statistics.median(measured) if median else statistics.mean(measured)
+    return statistic(measured) if measured else None
 
 
 def _cell(value: float | None, spec: str, scale: float = 1.0) -> str:

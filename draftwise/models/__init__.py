@@ -37,9 +37,9 @@ __all__ = [
     "embedded",
     "gguf_path",
     "install",
-    "load_untrained",
     "load_default_pair",
     "load_model",
+    "load_untrained",
     "resolve",
 ]
 
@@ -75,11 +75,8 @@ def load_model(
         attn_implementation: ``"eager"``, ``"sdpa"`` or ``"flash_attention_2"``; transformers' default
             if ``None``.
     """
-    dtype = as_dtype(dtype, device)
     source = resolve(spec)
-    kwargs = {"dtype": dtype}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
+    kwargs = _model_kwargs(dtype, device, attn_implementation)
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
     return model, tokenizer
@@ -98,17 +95,22 @@ def load_untrained(
     have to be read: for timing on a machine they cannot reach (a lent GPU). Its answers mean nothing.
     ``spec`` as :func:`load_model` takes it (a directory needs only ``config.json`` and the tokenizer).
     """
-    dtype = as_dtype(dtype, device)
-    source = resolve(spec) if spec in EMBEDDED or spec.endswith(".gguf") else spec
+    source = resolve(spec)
     config = AutoConfig.from_pretrained(source)
-    kwargs = {"dtype": dtype}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
+    kwargs = _model_kwargs(dtype, device, attn_implementation)
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, **kwargs).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
     return model, tokenizer
+
+
+def _model_kwargs(dtype, device, attn_implementation) -> dict:
+    """What ``from_pretrained`` and ``from_config`` take from :func:`load_model`'s arguments."""
+    kwargs = {"dtype": as_dtype(dtype, device)}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    return kwargs
 
 
 def load_default_pair(
